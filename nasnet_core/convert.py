@@ -1,0 +1,166 @@
+"""Weight conversion from the public PyTorch ports, and this project's checkpoint format.
+
+Our module names follow the ports (timm ``nasnetalarge``, Cadene ``pretrainedmodels``
+``nasnetalarge``/``nasnetamobile``), so conversion is a short rename table:
+
+* factorized reduction of the previous input: ``path_1.conv`` / ``path_2.conv`` /
+  ``final_path_bn`` -> ``reduce_prev.path_1`` / ``reduce_prev.path_2`` / ``reduce_prev.bn``;
+* Cadene numbers normal cells 6 per stage whatever N is (mobile: cell_0-3, cell_6-9,
+  cell_12-15); TF-slim and this project number them 0 .. 3N-1.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .registry import MODELS, create_model, get_config
+
+__all__ = ["convert_state_dict", "SOURCES", "CheckpointMismatch", "save_checkpoint",
+           "load_checkpoint", "read_state_dict", "check_state_dict"]
+
+_COMMON_RULES = [
+    (re.compile(r"^(.*)\.path_1\.conv\.weight$"), r"\1.reduce_prev.path_1.weight"),
+    (re.compile(r"^(.*)\.path_2\.conv\.weight$"), r"\1.reduce_prev.path_2.weight"),
+    (re.compile(r"^(.*)\.final_path_bn\.(.*)$"), r"\1.reduce_prev.bn.\2"),
+]
+SOURCES = ("timm", "cadene", "nasnet_core")
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint does not fit the architecture; the message lists the offending keys."""
+
+
+def _renumber_cadene(key: str, cells_per_stage: int) -> str:
+    m = re.match(r"^cell_(\d+)\.(.*)$", key)
+    if not m:
+        return key
+    idx = int(m.group(1))
+    stage, j = divmod(idx, 6)
+    return f"cell_{stage * cells_per_stage + j}.{m.group(2)}"
+
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], source: str, arch: str,
+                       drop_background: bool = False, **overrides) -> dict[str, torch.Tensor]:
+    """Map a ``source`` state dict (timm / cadene / nasnet_core) onto registered ``arch``.
+
+    ``drop_background`` removes class 0 of a 1001-way TF classifier. Raises
+    CheckpointMismatch listing unmatched, missing and wrongly shaped keys.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+    if arch not in MODELS:
+        raise ValueError(f"unknown arch {arch!r}; known models: {', '.join(sorted(MODELS))}")
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    cells_per_stage = get_config(arch, **overrides).num_cells // 3
+    out = {}
+    for key, value in state_dict.items():
+        new = key
+        if source != "nasnet_core":
+            if source == "cadene":
+                new = _renumber_cadene(new, cells_per_stage)
+            for pattern, repl in _COMMON_RULES:
+                new = pattern.sub(repl, new)
+        out[new] = value
+    if drop_background:
+        for k in ("last_linear.weight", "last_linear.bias"):
+            if k in out:
+                out[k] = out[k][1:]
+    check_state_dict(out, arch, **{"aux_head": False, **overrides})
+    return out
+
+
+def check_state_dict(state_dict: dict[str, torch.Tensor], arch: str, allow_missing=(),
+                     **overrides) -> None:
+    """Raise CheckpointMismatch unless ``state_dict`` fits ``arch`` exactly (names and shapes)."""
+    with torch.device("meta"):
+        model = create_model(arch, **overrides)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    unexpected = sorted(set(state_dict) - set(expected))
+    missing = sorted(k for k in set(expected) - set(state_dict)
+                     if not any(k.startswith(p) for p in allow_missing))
+    wrong = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k])}"
+                   for k in set(state_dict) & set(expected)
+                   if tuple(state_dict[k].shape) != tuple(expected[k]))
+    if unexpected or missing or wrong:
+        def show(title, items):
+            head = "\n    ".join(items[:20])
+            more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+            return f"\n  {title} ({len(items)}):\n    {head}{more}" if items else ""
+        hint = ""
+        bias = state_dict.get("last_linear.bias")
+        if bias is not None and "last_linear.bias" in expected and \
+                bias.shape[0] == expected["last_linear.bias"][0] + 1:
+            hint = ("\n  hint: a 1001-way classifier is TF's background class; use "
+                    "drop_background=True (--drop-background), or set num_classes")
+        raise CheckpointMismatch(
+            f"checkpoint does not fit {arch}:" + show("unmatched checkpoint keys", unexpected)
+            + show("model keys missing from the checkpoint", missing)
+            + show("shape mismatches", wrong) + hint)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .pth/.pt (raw, or wrapped in 'state_dict'/'model') or .safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return _extract_state(_torch_load(path), path)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unreadable file
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def _extract_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model", "model_ema"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], arch: str,
+                    config: dict[str, Any] | None = None, **extra) -> Path:
+    """Write a nasnet_core checkpoint atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"arch": arch, "config": config or {}, "state_dict": state_dict, **extra}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a nasnet_core checkpoint (or raw state dict) into ``model``; the aux head may be absent.
+
+    Raises CheckpointMismatch naming the keys that do not fit; returns the checkpoint's metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    raw = _torch_load(path)
+    meta = raw if isinstance(raw, dict) and "state_dict" in raw else {}
+    state = _extract_state(raw, path)
+    own = model.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith("aux_head."))
+    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if unexpected or missing or wrong:
+        arch = getattr(model, "arch", type(model).__name__)
+        raise CheckpointMismatch(
+            f"checkpoint {path} (arch {meta.get('arch', '?')}) does not fit model {arch}: "
+            f"{len(unexpected)} unmatched keys {unexpected[:10]}, {len(missing)} missing keys "
+            f"{missing[:10]}, {len(wrong)} shape mismatches {wrong[:10]}")
+    model.load_state_dict(state, strict=False)
+    return {k: v for k, v in meta.items() if k != "state_dict"}

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Convert public NASNet weights (timm / Cadene pretrainedmodels) into a nasnet_core checkpoint.
+
+    python tools/convert_weights.py --source timm --arch nasnet_a_large \
+        --input nasnetalarge.safetensors --output weights/nasnet_a_large.pth
+    python tools/convert_weights.py --source cadene --arch nasnet_a_mobile \
+        --input nasnetamobile-7e03cead.pth --output weights/nasnet_a_mobile.pth
+
+timm's port computes stride-2 "same" average pools counting the zero padding;
+build the model with ``pad_mode="timm"`` to reproduce its logits bit for bit
+(the default ``tf`` follows TensorFlow, in which the weights were trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import nasnet_core as nc  # noqa: E402
+
+FORMATS = ("nasnet_core",)
+
+
+def main(argv=None) -> int:
+    """Convert one checkpoint; exit 2 with the list of unmatched keys if it does not fit."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", required=True, choices=nc.convert.SOURCES)
+    ap.add_argument("--arch", required=True, help=f"one of: {', '.join(nc.list_models())}")
+    ap.add_argument("--input", required=True, help=".pth/.pt or .safetensors state dict")
+    ap.add_argument("--output", required=True, help="checkpoint to write (never overwritten "
+                    "unless --force)")
+    ap.add_argument("--format", default="nasnet_core", choices=FORMATS)
+    ap.add_argument("--drop-background", action="store_true",
+                    help="drop class 0 of a 1001-way TF classifier")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing output")
+    args = ap.parse_args(argv)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        print(f"error: {out} exists; pass --force to overwrite", file=sys.stderr)
+        return 2
+    try:
+        state = nc.read_state_dict(args.input)
+        converted = nc.convert_state_dict(state, args.source, args.arch,
+                                          drop_background=args.drop_background)
+    except (nc.CheckpointMismatch, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    pad_mode = "timm" if args.source == "timm" else "tf"
+    nc.save_checkpoint(out, converted, args.arch, config={"pad_mode": pad_mode},
+                       source=args.source, source_file=str(args.input))
+    print(f"wrote {out}: {len(converted)} tensors for {args.arch} (from {args.source})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
