@@ -127,3 +127,10 @@ def test_analyze_tool_prints_every_model():
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "5,289,978" in r.stdout and "563.64 M" in r.stdout
+
+
+def test_benchmark_tool_prints_ratios():
+    r = subprocess.run([sys.executable, str(ROOT / "tools/benchmark_models.py"), "--models", "mobile",
+                        "--iters", "1", "--warmup", "0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "CPU batch-1 nasnet_a_mobile@224" in r.stdout and "ratio of medians" in r.stdout
