@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -150,8 +150,9 @@ class Trainer:
         old, new = flatten(ckpt["config"]), flatten(self.cfg)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_FREE)
         if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed)
             self.log(f"warning: resuming with changed config keys (the run will not match an "
-                     f"uninterrupted one): {', '.join(f'{k}: {old.get(k)} -> {new.get(k)}' for k in changed)}")
+                     f"uninterrupted one): {diffs}")
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt["ema"] is not None:
             self.ema.load_state_dict(ckpt["ema"])
@@ -237,7 +238,8 @@ class Trainer:
         stats = torch.tensor([total_loss.item(), correct, seen], dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(stats)
-        return {"train_loss": stats[0].item() / stats[2].item(), "train_top1": 100 * stats[1].item() / stats[2].item()}
+        n = stats[2].item()
+        return {"train_loss": stats[0].item() / n, "train_top1": 100 * stats[1].item() / n}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None) -> dict:
