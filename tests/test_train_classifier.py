@@ -367,3 +367,11 @@ def test_benchmark_training_runs_on_cpu(capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "img/s" in ln]
     assert rc == 0 and len(lines) == 2
     assert all(float(ln.split(":")[1].split()[0]) > 0 for ln in lines) and "x fp32" in lines[1]
+
+
+def test_cli_flags_do_not_swallow_overrides():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import train_classifier
+
+    a = train_classifier.parse_args(["--config", "c.yaml", "--resume", "solver.epochs", "4"])
+    assert a.resume is True and a.resume_from is None and a.overrides == ["solver.epochs", "4"]

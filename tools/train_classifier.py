@@ -6,6 +6,7 @@
     torchrun --nproc_per_node 8 tools/train_classifier.py --config \
         configs/classification/imagenet_nasnet_a_mobile.yaml --data /data/imagenet
     python tools/train_classifier.py --config ... --resume            # continue runs/.../last.pth
+    python tools/train_classifier.py --config ... --resume-from runs/.../epoch_0100.pth
     python tools/train_classifier.py --config ... --eval-only runs/.../backbone.pth
 
 Writes config.yaml, last.pth (every epoch, atomically), metrics.json, tb/ (TensorBoard) and,
@@ -30,8 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--config", required=True, help="YAML config (configs/classification/*.yaml)")
     ap.add_argument("--data", help="dataset root (overrides data.path)")
     ap.add_argument("--output", help="output folder (overrides train.output_dir)")
-    ap.add_argument("--resume", nargs="?", const=True, default=None,
-                    help="continue from CKPT, or from <output_dir>/last.pth when no path is given")
+    ap.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pth")
+    ap.add_argument("--resume-from", metavar="CKPT", help="continue from this training checkpoint")
     ap.add_argument("--eval-only", metavar="CKPT", help="evaluate a checkpoint (top-1 / top-5) and exit")
     ap.add_argument("overrides", nargs="*", help="KEY VALUE pairs, e.g. solver.lr 0.05 model.N 2")
     return ap.parse_args(argv)
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
         if args.output:
             extra += ["train.output_dir", args.output]
         cfg = load_config(args.config, extra)
-        trainer = Trainer(cfg, resume=None if args.eval_only else args.resume)
+        resume = args.resume_from or args.resume or None
+        trainer = Trainer(cfg, resume=None if args.eval_only else resume)
         if args.eval_only:
             res = trainer.evaluate_checkpoint(args.eval_only)
             if trainer.rank == 0:
