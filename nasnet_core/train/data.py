@@ -1,0 +1,361 @@
+"""Classification data: CIFAR-10 python batches, ImageNet train/val folders, Fashion-MNIST IDX.
+
+Every reader checks its files when the dataset is built, so a wrong path or a malformed
+file raises one DataError before training starts. Augmentation draws from a generator
+seeded by (seed, epoch, index): a sample's crop/flip does not depend on worker count,
+process count or on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["DataError", "DATASETS", "DatasetInfo", "build_dataset", "build_loader", "EpochSampler",
+           "read_idx", "read_cifar_batch", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
+
+
+class DataError(ValueError):
+    """The dataset path is wrong or one of its files is malformed."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# ----------------------------------------------------------------------------- readers
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels (N,) from one CIFAR-10 python pickle batch."""
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 batch file missing: {path}")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a malformed batch
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} "
+                        f"{data.shape}")
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"{path}: {data.shape[0]} images but {labels.size} labels")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels must be 0..9, found {labels.min()}..{labels.max()}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (plain or .gz); raises DataError on a bad header or a size mismatch."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: header says shape {dims} ({expected} bytes of data) but the file "
+                        f"holds {len(raw) - header} (truncated or corrupt)")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def _find(root: Path, names: list[str], what: str) -> Path:
+    for n in names:
+        if (root / n).is_file():
+            return root / n
+    raise DataError(f"{what} not found in {root} (looked for {', '.join(names)})")
+
+
+def _check_root(path: str, dataset: str) -> Path:
+    if not path:
+        raise DataError(f"no data path for {dataset}: set data.path or pass --data")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{dataset} data path does not exist or is not a folder: {root}")
+    return root
+
+
+# ----------------------------------------------------------------------------- datasets
+class ArrayDataset(Dataset):
+    """Small images held in memory (CIFAR-10, Fashion-MNIST): pad + random crop, flip, cutout."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, train: bool, cfg: dict,
+                 mean, std, seed: int):
+        self.images, self.labels = images, labels  # (N, H, W, C) uint8, (N,) int64
+        self.train, self.seed, self.epoch = train, seed, 0
+        self.pad, self.hflip, self.cutout = cfg["pad"], cfg["hflip"], cfg["cutout"]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            h, w = img.shape[:2]
+            if self.pad:
+                p = self.pad
+                img = np.pad(img, ((p, p), (p, p), (0, 0)))
+                y, x = rng.integers(0, 2 * p + 1, size=2)
+                img = img[y:y + h, x:x + w]
+            if self.hflip and rng.random() < 0.5:
+                img = img[:, ::-1]
+        x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float().div_(255)
+        x = (x - self.mean) / self.std
+        if self.train and self.cutout:
+            x = _cutout(x, self.cutout, rng)
+        return x, int(self.labels[i])
+
+
+def _cutout(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Zero a size x size square centred at a random pixel (clipped at the border; DeVries 2017)."""
+    h, w = x.shape[-2:]
+    cy, cx = rng.integers(0, h), rng.integers(0, w)
+    y0, y1 = max(0, cy - size // 2), min(h, cy + size - size // 2)
+    x0, x1 = max(0, cx - size // 2), min(w, cx + size - size // 2)
+    x[:, y0:y1, x0:x1] = 0
+    return x
+
+
+class FolderDataset(Dataset):
+    """ImageNet-style ``split/<class>/<image>``: Inception random-resized crop + flip for
+    training, resize to size / crop_pct + centre crop for evaluation."""
+
+    def __init__(self, samples: list[tuple[Path, int]], train: bool, cfg: dict, size: int,
+                 mean, std, seed: int):
+        self.samples, self.train, self.size, self.seed, self.epoch = samples, train, size, seed, 0
+        self.crop_pct, self.min_scale, self.hflip = cfg["crop_pct"], cfg["min_scale"], cfg["hflip"]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            box = random_resized_box(im.width, im.height, rng, self.min_scale)
+            im = im.resize((self.size, self.size), Image.BILINEAR, box=box)
+            if self.hflip and rng.random() < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            short = int(math.floor(self.size / self.crop_pct + 0.5))
+            scale = short / min(im.width, im.height)
+            w, h = max(short, round(im.width * scale)), max(short, round(im.height * scale))
+            im = im.resize((w, h), Image.BILINEAR)
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            im = im.crop((left, top, left + self.size, top + self.size))
+        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std, label
+
+
+def random_resized_box(width: int, height: int, rng: np.random.Generator, min_scale: float,
+                       ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """Inception-style crop box: area in [min_scale, 1] of the image, aspect ratio log-uniform
+    in ``ratio``; 10 tries, then the largest centred box of an allowed aspect ratio."""
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(min_scale, 1.0)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            return x, y, x + w, y + h
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    x, y = (width - w) // 2, (height - h) // 2
+    return x, y, x + w, y + h
+
+
+# ------------------------------------------------------------------------ builders
+def _limit(n: int, limit: int) -> slice:
+    return slice(0, min(n, limit) if limit else n)
+
+
+def _build_cifar10(cfg: dict, seed: int, arch_size: int):
+    root = _check_root(cfg["path"], "cifar10")
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    parts = [read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    tr_x, tr_y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    va_x, va_y = read_cifar_batch(root / "test_batch")
+    mean, std = cfg["mean"] or (0.4914, 0.4822, 0.4465), cfg["std"] or (0.2470, 0.2435, 0.2616)
+    return _array_pair(cfg, seed, tr_x, tr_y, va_x, va_y, 10, mean, std, "cifar10")
+
+
+def _build_fashion_mnist(cfg: dict, seed: int, arch_size: int):
+    root = _check_root(cfg["path"], "fashion_mnist")
+    arrays = {}
+    for split, prefix in (("train", "train"), ("val", "t10k")):
+        imgs = read_idx(_find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images-idx3-ubyte.gz"],
+                              f"Fashion-MNIST {split} images"))
+        labs = read_idx(_find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels-idx1-ubyte.gz"],
+                              f"Fashion-MNIST {split} labels"))
+        if imgs.ndim != 3 or imgs.dtype != np.uint8 or labs.ndim != 1:
+            raise DataError(f"Fashion-MNIST {split}: expected uint8 images (N, H, W) and labels (N,), "
+                            f"got {imgs.dtype} {imgs.shape} and {labs.shape}")
+        if len(imgs) != len(labs):
+            raise DataError(f"Fashion-MNIST {split}: {len(imgs)} images but {len(labs)} labels")
+        if labs.size and labs.max() > 9:
+            raise DataError(f"Fashion-MNIST {split}: labels must be 0..9, found {labs.max()}")
+        arrays[split] = (imgs[..., None], labs.astype(np.int64))
+    mean, std = cfg["mean"] or (0.2860,), cfg["std"] or (0.3530,)
+    return _array_pair(cfg, seed, *arrays["train"], *arrays["val"], 10, mean, std, "fashion_mnist")
+
+
+def _array_pair(cfg, seed, tr_x, tr_y, va_x, va_y, num_classes, mean, std, name):
+    size = tr_x.shape[1]
+    if cfg["image_size"] not in (None, size):
+        raise DataError(f"{name} images are {size}x{size}; data.image_size={cfg['image_size']} "
+                        "is not supported for it (leave it null)")
+    if len(mean) != tr_x.shape[-1] or len(std) != tr_x.shape[-1]:
+        raise DataError(f"{name} has {tr_x.shape[-1]} channel(s) but data.mean/std give "
+                        f"{len(mean)}/{len(std)} values")
+    if len(tr_y) == 0 or len(va_y) == 0:
+        raise DataError(f"{name}: the training or validation split is empty")
+    tr, va = _limit(len(tr_y), cfg["train_limit"]), _limit(len(va_y), cfg["val_limit"])
+    train = ArrayDataset(tr_x[tr], tr_y[tr], True, cfg, mean, std, seed)
+    val = ArrayDataset(va_x[va], va_y[va], False, cfg, mean, std, seed)
+    return train, val, DatasetInfo(num_classes, tr_x.shape[-1], size, tuple(mean), tuple(std))
+
+
+def _scan_split(root: Path, split: str, classes: list[str] | None):
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(f"ImageNet-style data needs {folder}/<class>/<image> (folder missing)")
+    found = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not found:
+        raise DataError(f"{folder} has no class sub-folders")
+    if classes is None:
+        classes = found
+    extra = sorted(set(found) - set(classes))
+    if extra:
+        raise DataError(f"{folder} has classes not in train/: {extra[:10]}")
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for c in found:
+        files = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"{folder / c} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        _verify_image(files[0])
+        samples += [(p, index[c]) for p in files]
+    return samples, classes
+
+
+def _verify_image(path: Path) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt file
+        raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+
+
+def _build_imagenet(cfg: dict, seed: int, arch_size: int):
+    root = _check_root(cfg["path"], "imagenet")
+    train_s, classes = _scan_split(root, "train", None)
+    val_s, _ = _scan_split(root, "val", classes)
+    size = cfg["image_size"] or arch_size
+    mean, std = cfg["mean"] or (0.5, 0.5, 0.5), cfg["std"] or (0.5, 0.5, 0.5)
+    train_s, val_s = train_s[_limit(len(train_s), cfg["train_limit"])], \
+        val_s[_limit(len(val_s), cfg["val_limit"])]
+    return (FolderDataset(train_s, True, cfg, size, mean, std, seed),
+            FolderDataset(val_s, False, cfg, size, mean, std, seed),
+            DatasetInfo(len(classes), 3, size, tuple(mean), tuple(std)))
+
+
+DATASETS: dict[str, Callable] = {
+    "cifar10": _build_cifar10,
+    "imagenet": _build_imagenet,
+    "fashion_mnist": _build_fashion_mnist,
+}
+
+
+def build_dataset(cfg: dict, seed: int = 0, arch_size: int = 224):
+    """``(train, val, DatasetInfo)`` for ``cfg['dataset']``; checks every file it will need."""
+    name = cfg["dataset"]
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[name](cfg, seed, arch_size)
+
+
+# ------------------------------------------------------------------------ sampling
+class EpochSampler(Sampler):
+    """Indices for one process: a permutation seeded by (seed, epoch), padded to a multiple of
+    the world size and strided by rank (shuffle=False: in order, unpadded, for evaluation)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0):
+        self.n, self.rank, self.world, self.shuffle, self.seed, self.epoch = n, rank, world, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.n, self.world))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        idx = torch.randperm(self.n, generator=g).tolist()
+        idx += idx[: (-self.n) % self.world]
+        return idx[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
+def build_loader(dataset, batch_size: int, train: bool, workers: int, pin_memory: bool,
+                 seed: int, rank: int = 0, world: int = 1) -> DataLoader:
+    """DataLoader over an EpochSampler; training drops the last partial batch."""
+    sampler = EpochSampler(len(dataset), rank, world, shuffle=train, seed=seed)
+    if train and len(sampler) < batch_size:
+        raise DataError(f"the training split has {len(sampler)} examples per process, fewer than "
+                        f"one batch of {batch_size}; lower solver.batch_size")
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=train, persistent_workers=False)

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Training throughput (images/s) of the ImageNet recipes on synthetic data.
+
+Times the whole training step of a recipe -- forward with the aux head, label-smoothed loss,
+backward, TF RMSProp, parameter EMA -- in fp32 / NCHW and in bf16 autocast / channels_last
+(and the two mixed), all in the same run, and prints the speed-up over fp32.
+
+    python tools/benchmark_training.py                       # GPU: large and mobile, batch 32
+    python tools/benchmark_training.py --device cpu --batch 2 --iters 1 --warmup 1 \
+        --image-size 96 --N 1 --F 192                         # CPU smoke run (tiny settings)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import nasnet_core as nc  # noqa: E402
+from nasnet_core.train.config import load_config  # noqa: E402
+from nasnet_core.train.optim import ModelEMA, build_optimizer, smoothed_cross_entropy  # noqa: E402
+
+RECIPES = {
+    "large": ROOT / "configs/classification/imagenet_nasnet_a_large.yaml",
+    "mobile": ROOT / "configs/classification/imagenet_nasnet_a_mobile.yaml",
+    "7_1920": ROOT / "configs/classification/imagenet_nasnet_a_7_1920.yaml",
+    "5_1536": ROOT / "configs/classification/imagenet_nasnet_a_5_1536.yaml",
+}
+MODES = {  # name: (bf16 autocast, channels_last)
+    "fp32": (False, False),
+    "fp32+cl": (False, True),
+    "bf16": (True, False),
+    "bf16+cl": (True, True),
+}
+
+
+def build(recipe: str, args) -> tuple[torch.nn.Module, dict, int]:
+    """Model and solver section of a recipe (with the command line's size overrides)."""
+    cfg = load_config(RECIPES[recipe])
+    m = cfg["model"]
+    kw = {k: m[k] for k in ("N", "F", "drop_path_keep_prob", "dropout") if m[k] is not None}
+    if args.N:
+        kw["N"] = args.N
+    if args.F:
+        kw["F"] = args.F
+    size = args.image_size or cfg["data"]["image_size"]
+    model = nc.create_model(m["arch"], aux_head=m["aux_head"], image_size=size, num_classes=1000,
+                            total_training_steps=1000, **kw)
+    return model, cfg["solver"], size
+
+
+def throughput(recipe: str, args, bf16: bool, channels_last: bool) -> float:
+    """Images/s of full training steps for ``recipe`` in one precision / memory-format mode."""
+    torch.manual_seed(0)
+    model, solver, size = build(recipe, args)
+    dev = torch.device(args.device)
+    model = model.to(dev).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = build_optimizer(model, solver)
+    ema = ModelEMA(model, solver["ema_decay"]) if solver["ema_decay"] > 0 else None
+    x = torch.randn(args.batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, 1000, (args.batch,), device=dev)
+
+    def step(i):
+        model.set_training_step(i)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, aux = model(x)
+        loss = smoothed_cross_entropy(logits, y, solver["label_smoothing"])
+        loss = loss + solver["aux_weight"] * smoothed_cross_entropy(aux, y, solver["label_smoothing"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            ema.update(model)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for i in range(args.warmup):
+        step(i)
+    sync()
+    t = time.perf_counter()
+    for i in range(args.iters):
+        step(args.warmup + i)
+    sync()
+    return args.batch * args.iters / (time.perf_counter() - t)
+
+
+def main(argv=None) -> int:
+    """Run every recipe in every mode and print images/s and the speed-up over fp32."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", nargs="+", default=["large", "mobile"], choices=list(RECIPES))
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=32, help="images per step")
+    ap.add_argument("--iters", type=int, default=10, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--image-size", type=int, default=0, help="override the recipe's crop size")
+    ap.add_argument("--N", type=int, default=0, help="override N (smoke runs)")
+    ap.add_argument("--F", type=int, default=0, help="override F (smoke runs)")
+    args = ap.parse_args(argv)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("error: --device cuda but no CUDA device", file=sys.stderr)
+            return 2
+        torch.backends.cudnn.benchmark = True
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {name}, batch {args.batch}, {args.iters} timed steps")
+    for recipe in args.recipes:
+        base = None
+        for mode in args.modes:
+            ips = throughput(recipe, args, *MODES[mode])
+            base = ips if mode == "fp32" else base
+            ratio = f" ({ips / base:.2f}x fp32)" if base and mode != "fp32" else ""
+            print(f"{recipe:>7} {mode:>8}: {ips:9.1f} img/s{ratio}", flush=True)
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
