@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -19,6 +20,18 @@ from .space import DecisionSpace
 
 __all__ = ["Strategy", "RandomSearch", "PolicyGradient", "Controller", "STRATEGIES", "make_strategy",
            "state_to_bytes", "state_from_bytes"]
+
+
+@contextmanager
+def _one_thread():
+    """Run the controller's tiny ops on one thread (extra threads only add sync cost, badly so
+    on a loaded machine), then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Strategy:
@@ -158,7 +171,7 @@ class PolicyGradient(Strategy):
 
     def ask(self, n: int) -> list[list[int]]:
         """Sample n decision lists from the controller."""
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             d, logp, _ = self.controller(n, generator=self.generator, temperature=self.hparams["temperature"])
         out = d.tolist()
         for dec, lp in zip(out, logp.tolist()):
@@ -183,7 +196,8 @@ class PolicyGradient(Strategy):
                                             temperature=self.hparams["temperature"])[1])
         self.buffer.append((decisions, advantage, old))
         if len(self.buffer) >= self.hparams["batch_size"]:
-            self._update(self.buffer)
+            with _one_thread():
+                self._update(self.buffer)
             self.buffer = []
 
     def _loss(self, logp, old, adv, ent) -> torch.Tensor:
