@@ -66,7 +66,8 @@ def cmd_export(args) -> None:
 def _deep_update(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():
-        out[k] = _deep_update(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = _deep_update(out[k], v) if nested else v
     return out
 
 

@@ -11,6 +11,7 @@ import gzip
 import math
 import pickle
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,9 @@ def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -
         ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
         rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
         cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        x = xp[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+        batch = torch.arange(n)[:, None, None, None]
+        chans = torch.arange(x.shape[1])[None, :, None, None]
+        x = xp[batch, chans, rows, cols]
     if flip:
         mask = torch.rand(n, generator=generator) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
@@ -137,7 +140,7 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
                 momentum: float = 0.9, weight_decay: float = 5e-4, grad_clip: float = 5.0,
                 crop_pad: int = 4, flip: bool = True, seed: int = 0, device: str = "auto",
                 num_threads: int = 0, eval_batch_size: int = 500) -> dict:
-    """Train one child and return {'val_acc', 'train_loss', 'steps', 'images'}; raises on a NaN loss."""
+    """Train one child: {'val_acc', 'train_loss', 'steps', 'images', 'train_seconds'}; raises on NaN loss."""
     if num_threads:
         torch.set_num_threads(num_threads)
     if device == "auto":
@@ -146,7 +149,8 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     x_tr, y_tr = train
-    model = create_model("nasnet_a_cifar", genotype=genotype, num_cells=3 * N, num_conv_filters=num_conv_filters,
+    model = create_model("nasnet_a_cifar", genotype=genotype, num_cells=3 * N,
+                         num_conv_filters=num_conv_filters,
                          stem_multiplier=stem_multiplier, num_classes=num_classes, in_chans=x_tr.shape[1],
                          aux_head=False, drop_path_keep_prob=1.0).to(dev)
     decay, no_decay = [], []
@@ -156,9 +160,10 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum)
     steps_per_epoch = max(1, len(x_tr) // batch_size)  # drop the last partial batch
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(  # single-period cosine, per step, down to 0
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     model.train()
-    step, loss_sum = 0, 0.0
+    step, loss_sum, start = 0, 0.0, time.perf_counter()
     for _ in range(epochs):
         perm = torch.randperm(len(x_tr), generator=g)
         for i in range(steps_per_epoch):
@@ -176,6 +181,9 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
             sched.step()
             step += 1
             loss_sum += loss.item()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    train_seconds = time.perf_counter() - start
     model.eval()
     correct = 0
     x_va, y_va = val
@@ -184,4 +192,4 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
             logits = model(x_va[i:i + eval_batch_size].to(dev))
             correct += int((logits.argmax(1).cpu() == y_va[i:i + eval_batch_size]).sum())
     return {"val_acc": correct / len(x_va), "train_loss": loss_sum / max(step, 1), "steps": step,
-            "images": step * batch_size}
+            "images": step * batch_size, "train_seconds": train_seconds}

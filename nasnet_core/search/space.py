@@ -115,7 +115,8 @@ class NASNetSpace(DecisionSpace):
         out = []
         for name, cell in (("normal", genotype.normal), ("reduce", genotype.reduce)):
             if cell.num_blocks != self.num_blocks:
-                raise SpaceError(f"{name} cell has {cell.num_blocks} blocks; this space has {self.num_blocks}")
+                raise SpaceError(f"{name} cell has {cell.num_blocks} blocks; "
+                                 f"this space has {self.num_blocks}")
             if cell.output != self.output:
                 raise SpaceError(f"{name} cell output is {cell.output!r}; this space uses {self.output!r}")
             for b, blk in enumerate(cell.blocks):
