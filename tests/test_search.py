@@ -137,6 +137,12 @@ def test_config_errors(tmp_path):
         load_config(overrides={"reward": {"child": {"epochs": "many"}}})
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="unknown reward 'nope'; known: synthetic, child"):
+        start_search(tmp_path / "r", load_config(overrides={"reward": {"name": "nope"}}), progress=False)
+    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+        missing = {"reward": {"child": {"data_dir": str(tmp_path / "no")}}}
+        start_search(tmp_path / "r", load_config(overrides=missing), progress=False)
+    assert not (tmp_path / "r").exists()  # nothing written for a rejected config
     for path in sorted((ROOT / "configs" / "search").glob("*.yaml")):
         load_config(path)  # every shipped config is valid
 

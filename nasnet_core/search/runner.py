@@ -26,9 +26,30 @@ def _genotype_text(space, decisions) -> str | None:
     return space.decode(decisions).to_string() if hasattr(space, "decode") else None
 
 
+def check_config(cfg: dict) -> None:
+    """Fail fast, before anything is written, on names the workers would only reject later."""
+    from .child import DATASETS
+    from .executor import EXECUTORS
+    from .rewards import REWARDS
+
+    if cfg["reward"]["name"] not in REWARDS:
+        raise ValueError(f"unknown reward {cfg['reward']['name']!r}; known: {', '.join(REWARDS)}")
+    if cfg["executor"]["backend"] not in EXECUTORS:
+        raise ValueError(f"unknown executor backend {cfg['executor']['backend']!r}; "
+                         f"known: {', '.join(EXECUTORS)}")
+    child = cfg["reward"]["child"]
+    if cfg["reward"]["name"] == "child":
+        if child["dataset"] not in DATASETS:
+            raise ValueError(f"unknown dataset {child['dataset']!r}; known: {', '.join(DATASETS)}")
+        if cfg["executor"]["address"] is None and not Path(child["data_dir"]).is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {child['data_dir']} "
+                                    "(reward.child.data_dir)")
+
+
 def start_search(run_dir: str | Path, config: dict | None = None, progress: bool = True) -> dict:
     """Create ``run_dir`` for a new search with a resolved ``config`` and run it to completion."""
     cfg = config if config is not None else load_config()
+    check_config(cfg)
     space = build_space(cfg["space"])
     strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
                              **cfg["search"]["strategy_hparams"])
