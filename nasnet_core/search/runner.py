@@ -1,0 +1,159 @@
+"""The search loop: ask the strategy, queue children, record results, resume after a crash."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+from pathlib import Path
+
+from .config import dump_config, load_config, write_atomic
+from .executor import make_executor
+from .rewards import build_space
+from .store import RunStore
+from .strategies import make_strategy, state_from_bytes, state_to_bytes
+
+__all__ = ["start_search", "resume_search", "topk_means"]
+
+log = logging.getLogger(__name__)
+
+
+def _counts(strategy) -> tuple[int, int, int]:
+    return strategy.num_asked, strategy.num_told, strategy.num_updates
+
+
+def _genotype_text(space, decisions) -> str | None:
+    return space.decode(decisions).to_string() if hasattr(space, "decode") else None
+
+
+def check_config(cfg: dict) -> None:
+    """Fail fast, before anything is written, on names the workers would only reject later."""
+    from .child import DATASETS
+    from .executor import EXECUTORS
+    from .rewards import REWARDS
+
+    if cfg["reward"]["name"] not in REWARDS:
+        raise ValueError(f"unknown reward {cfg['reward']['name']!r}; known: {', '.join(REWARDS)}")
+    if cfg["executor"]["backend"] not in EXECUTORS:
+        raise ValueError(f"unknown executor backend {cfg['executor']['backend']!r}; "
+                         f"known: {', '.join(EXECUTORS)}")
+    child = cfg["reward"]["child"]
+    if cfg["reward"]["name"] == "child":
+        if child["dataset"] not in DATASETS:
+            raise ValueError(f"unknown dataset {child['dataset']!r}; known: {', '.join(DATASETS)}")
+        if cfg["executor"]["address"] is None and not Path(child["data_dir"]).is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {child['data_dir']} "
+                                    "(reward.child.data_dir)")
+
+
+def start_search(run_dir: str | Path, config: dict | None = None, progress: bool = True) -> dict:
+    """Create ``run_dir`` for a new search with a resolved ``config`` and run it to completion."""
+    cfg = config if config is not None else load_config()
+    check_config(cfg)
+    space = build_space(cfg["space"])
+    strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
+                             **cfg["search"]["strategy_hparams"])
+    store = RunStore(run_dir, create=True)
+    write_atomic(Path(run_dir) / "config.yaml", dump_config(cfg))
+    store.init({"config": cfg, "space": space.to_dict()}, state_to_bytes(strategy.state_dict()),
+               _counts(strategy))
+    return _run(store, cfg, space, strategy, progress)
+
+
+def resume_search(run_dir: str | Path, progress: bool = True, num_children: int | None = None) -> dict:
+    """Continue the search in ``run_dir`` exactly where its last committed state left it."""
+    store = RunStore(run_dir)
+    cfg = store.meta()["config"]
+    if num_children is not None:  # extend (or keep) the planned total
+        cfg["search"]["num_children"] = int(num_children)
+    space = build_space(cfg["space"])
+    strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
+                             **cfg["search"]["strategy_hparams"])
+    strategy.load_state_dict(state_from_bytes(store.strategy_state()))
+    return _run(store, cfg, space, strategy, progress)
+
+
+def _run(store: RunStore, cfg: dict, space, strategy, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    total = cfg["search"]["num_children"]
+    executor = make_executor(cfg["executor"], cfg["reward"], cfg["space"])
+    max_in_flight = cfg["search"]["max_in_flight"] or (
+        1 if cfg["executor"]["backend"] == "inprocess" else 2 * executor.slots)
+    writer = _tensorboard(store.run_dir)
+    finished = [c for c in store.children() if c["status"] != "pending"]
+    rewards = [c["reward"] for c in sorted(finished, key=lambda c: c["seq"]) if c["status"] == "done"]
+    top = sorted(rewards, reverse=True)[:25]  # the 25 best rewards so far, best first
+    bar = tqdm(total=total, initial=len(finished), disable=not progress, desc="children", unit="child",
+               dynamic_ncols=True)
+    try:
+        for child in store.children("pending"):  # asked before a crash, never finished: run them again
+            executor.submit(child["id"], child["decisions"])
+        while True:
+            want = min(max_in_flight - executor.pending(), total - store.count())
+            if want > 0:
+                asked = strategy.ask(want)
+                ids = store.add_children([(d, _genotype_text(space, d)) for d in asked],
+                                         state_to_bytes(strategy.state_dict()), _counts(strategy))
+                for child_id, decisions in zip(ids, asked):
+                    executor.submit(child_id, decisions)
+            if executor.pending() == 0:
+                break
+            for child_id, result in executor.wait():
+                decisions = store.db.execute("SELECT decisions FROM children WHERE id = ?",
+                                             (child_id,)).fetchone()[0]
+                if result["status"] == "done":
+                    strategy.tell([(json.loads(decisions), result["reward"])])
+                    state = state_to_bytes(strategy.state_dict())
+                else:
+                    state = None  # a failed child teaches the strategy nothing
+                    log.warning("child %d failed: %s", child_id, result.get("error", "").splitlines()[0])
+                seq = store.finish_child(child_id, result, state, _counts(strategy) if state else None)
+                if result["status"] == "done":
+                    rewards.append(result["reward"])
+                    _log_scalars(writer, seq, rewards[-1], top)
+                bar.update(1)
+                bar.set_postfix(best=f"{max(rewards):.4f}" if rewards else "-",
+                                failed=store.count("failed"))
+    finally:
+        bar.close()
+        executor.shutdown()
+        if writer is not None:
+            writer.close()
+    summary = {"run_dir": str(store.run_dir), "children": store.count(), "done": store.count("done"),
+               "failed": store.count("failed"), **store.strategy_counts(),
+               "best": max(rewards) if rewards else None}
+    store.close()
+    return summary
+
+
+def topk_means(rewards: list[float], ks=(1, 5, 25)) -> dict[int, list[float | None]]:
+    """For each k, the mean of the top-k rewards seen after each sample (None until k exist)."""
+    import heapq
+
+    out = {k: [] for k in ks}
+    seen: list[float] = []
+    for r in rewards:
+        seen.append(r)
+        for k in ks:
+            out[k].append(sum(heapq.nlargest(k, seen)) / k if len(seen) >= k else None)
+    return out
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a runtime dependency; tolerate its absence
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _log_scalars(writer, step: int, reward: float, top: list[float]) -> None:
+    bisect.insort(top, reward, key=lambda r: -r)
+    del top[25:]
+    if writer is None:
+        return
+    writer.add_scalar("search/reward", reward, step)
+    for k in (1, 5, 25):
+        if len(top) >= k:
+            writer.add_scalar(f"search/top{k}_mean", sum(top[:k]) / k, step)

@@ -1,0 +1,159 @@
+"""The run directory's SQLite store: every child, its reward/status/timings, and the strategy state.
+
+Each state change is one transaction that writes the children rows *and* the strategy state
+together, so after a crash or SIGKILL the database holds a consistent snapshot: children that
+were asked but not finished are still ``pending`` and the strategy state is the one that asked
+them; resuming re-runs exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+__all__ = ["RunStore", "DB_NAME", "StoreError"]
+
+DB_NAME = "search.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS children (
+    id INTEGER PRIMARY KEY,          -- order in which the strategy asked for it
+    decisions TEXT NOT NULL,         -- JSON list of ints
+    genotype TEXT,                   -- nc.Genotype text form (NASNet spaces)
+    status TEXT NOT NULL,            -- pending | done | failed
+    reward REAL,                     -- held-out accuracy (done children)
+    error TEXT,                      -- why it failed
+    seq INTEGER UNIQUE,              -- order in which results came back (1-based)
+    t_asked REAL NOT NULL,           -- unix time sampled
+    t_started REAL,                  -- unix time its (last) evaluation started
+    t_finished REAL,                 -- unix time its result was recorded
+    seconds REAL,                    -- evaluation wall time on the worker
+    worker TEXT                      -- host:pid that evaluated it
+);
+CREATE TABLE IF NOT EXISTS strategy (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    state BLOB NOT NULL,
+    num_asked INTEGER NOT NULL,
+    num_told INTEGER NOT NULL,
+    num_updates INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """A missing, foreign or inconsistent run directory."""
+
+
+class RunStore:
+    """Transactional access to ``RUN_DIR/search.db``."""
+
+    def __init__(self, run_dir: str | Path, create: bool = False):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        if create:
+            if self.path.exists():
+                raise StoreError(f"{self.run_dir} already holds a search; resume it with --resume "
+                                 f"{self.run_dir} or choose another run directory")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_file():
+            raise StoreError(f"no search found in {self.run_dir} (missing {DB_NAME})")
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")  # one fsync per commit; commits stay atomic and durable
+        self.db.execute("PRAGMA synchronous=FULL")
+        if create:
+            self.db.executescript(_SCHEMA)
+        else:
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"meta", "children", "strategy"} <= tables:
+                raise StoreError(f"{self.path} is not a search database (tables: {sorted(tables)})")
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    def _txn(self):
+        store = self
+
+        class _T:
+            def __enter__(self):
+                store.db.execute("BEGIN IMMEDIATE")
+                return store.db
+
+            def __exit__(self, exc_type, *_):
+                store.db.execute("ROLLBACK" if exc_type else "COMMIT")
+                return False
+        return _T()
+
+    # ---- meta ------------------------------------------------------------
+    def init(self, meta: dict, strategy_state: bytes, counts: tuple[int, int, int]) -> None:
+        """Write the run's metadata and the initial strategy state (one transaction)."""
+        with self._txn() as db:
+            db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            db.execute("INSERT INTO strategy VALUES (0, ?, ?, ?, ?)", (strategy_state, *counts))
+
+    def meta(self) -> dict:
+        """All metadata (decoded from JSON)."""
+        return {r["key"]: json.loads(r["value"]) for r in self.db.execute("SELECT key, value FROM meta")}
+
+    # ---- strategy --------------------------------------------------------
+    def strategy_state(self) -> bytes:
+        """The last committed strategy state."""
+        row = self.db.execute("SELECT state FROM strategy WHERE id = 0").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path} has no strategy state")
+        return row["state"]
+
+    def strategy_counts(self) -> dict:
+        """num_asked / num_told / num_updates of the last committed strategy state."""
+        row = self.db.execute("SELECT num_asked, num_told, num_updates FROM strategy WHERE id = 0").fetchone()
+        return dict(row)
+
+    # ---- children --------------------------------------------------------
+    def add_children(self, children: list[tuple[list[int], str | None]], strategy_state: bytes,
+                     counts: tuple[int, int, int]) -> list[int]:
+        """Record newly asked children with the strategy state after the ask; returns their ids."""
+        now = time.time()
+        with self._txn() as db:
+            start = db.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM children").fetchone()[0]
+            ids = list(range(start, start + len(children)))
+            db.executemany("INSERT INTO children (id, decisions, genotype, status, t_asked) "
+                           "VALUES (?, ?, ?, 'pending', ?)",
+                           [(i, json.dumps(d), g, now) for i, (d, g) in zip(ids, children)])
+            db.execute("UPDATE strategy SET state = ?, num_asked = ?, num_told = ?, num_updates = ? "
+                       "WHERE id = 0", (strategy_state, *counts))
+        return ids
+
+    def finish_child(self, child_id: int, result: dict, strategy_state: bytes | None,
+                     counts: tuple[int, int, int] | None) -> int:
+        """Record a child's result (and the strategy state after telling it); returns its seq."""
+        with self._txn() as db:
+            row = db.execute("SELECT status FROM children WHERE id = ?", (child_id,)).fetchone()
+            if row is None or row["status"] != "pending":
+                raise StoreError(f"child {child_id} is not pending (status "
+                                 f"{None if row is None else row['status']!r}); refusing to record it twice")
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM children").fetchone()[0]
+            db.execute("UPDATE children SET status = ?, reward = ?, error = ?, seq = ?, t_started = ?, "
+                       "t_finished = ?, seconds = ?, worker = ? WHERE id = ?",
+                       (result["status"], result.get("reward"), result.get("error"), seq,
+                        result.get("started"), time.time(), result.get("seconds"), result.get("worker"),
+                        child_id))
+            if strategy_state is not None:
+                db.execute("UPDATE strategy SET state = ?, num_asked = ?, num_told = ?, num_updates = ? "
+                           "WHERE id = 0", (strategy_state, *counts))
+        return seq
+
+    def children(self, status: str | None = None) -> list[dict]:
+        """Children rows (decisions decoded), in id order, optionally of one status."""
+        q = "SELECT * FROM children" + (" WHERE status = ?" if status else "") + " ORDER BY id"
+        rows = self.db.execute(q, (status,) if status else ()).fetchall()
+        return [dict(r, decisions=json.loads(r["decisions"])) for r in rows]
+
+    def count(self, status: str | None = None) -> int:
+        """Number of children (of one status)."""
+        if status is None:
+            return self.db.execute("SELECT COUNT(*) FROM children").fetchone()[0]
+        return self.db.execute("SELECT COUNT(*) FROM children WHERE status = ?", (status,)).fetchone()[0]
