@@ -266,6 +266,7 @@ def _stripes(n, seed):
 
 
 def test_child_training_learns_from_idx_files(tmp_path):
+    from nasnet_core.datasets import DataError
     from nasnet_core.search.child import ChildTrainer, load_cifar10, load_fashion_mnist, split_train_val
 
     x, y = _stripes(600, 0)
@@ -292,7 +293,7 @@ def test_child_training_learns_from_idx_files(tmp_path):
     cx, cy = load_cifar10(tmp_path)
     assert cx.shape == (20, 3, 32, 32) and cx[-1].max() == 5 and list(cy[:4]) == [1] * 4
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+    with pytest.raises(DataError, match="data_batch_1"):
         load_cifar10(tmp_path / "empty")
 
 

@@ -7,10 +7,7 @@ images, horizontal flips; reward = accuracy on 5k held-out training images.
 
 from __future__ import annotations
 
-import gzip
 import math
-import pickle
-import struct
 import time
 from pathlib import Path
 
@@ -18,58 +15,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import datasets
 from ..registry import create_model
 
 __all__ = ["DATASETS", "load_dataset", "split_train_val", "augment", "ChildTrainer", "train_child"]
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-    if arr.size != math.prod(shape):
-        raise ValueError(f"{path}: header says {shape} but holds {arr.size} bytes")
-    return arr.reshape(shape)
-
-
-def _find(root: Path, name: str) -> Path:
-    for candidate in (root / name, root / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{name}(.gz) not found in {root}")
-
-
 def load_fashion_mnist(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST training set (60k) as uint8 (N, 1, 32, 32) zero-padded from 28x28, labels."""
-    root = Path(root)
-    x = _read_idx(_find(root, "train-images-idx3-ubyte"))
-    y = _read_idx(_find(root, "train-labels-idx1-ubyte"))
-    if len(x) != len(y):
-        raise ValueError(f"{root}: {len(x)} images but {len(y)} labels")
-    x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]  # 28 -> 32, the child's input size
-    return x, y.astype(np.int64)
+    x, y = datasets.load_fashion_mnist(Path(root), train=True)
+    return np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None], y  # 28 -> 32, the child's input size
 
 
 def load_cifar10(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 training set (50k) from the python pickle batches as uint8 (N, 3, 32, 32), labels."""
-    root = Path(root)
-    if (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
-    xs, ys = [], []
-    for i in range(1, 6):
-        path = root / f"data_batch_{i}"
-        if not path.is_file():
-            raise FileNotFoundError(f"CIFAR-10 batch {path} not found (expected the python version)")
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        xs.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[b"labels"], np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
+    x, y = datasets.load_cifar10(Path(root), train=True)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
 
 
 DATASETS = {"fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10}

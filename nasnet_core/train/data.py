@@ -8,9 +8,7 @@ process count or on where a run was resumed.
 
 from __future__ import annotations
 
-import gzip
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..datasets import DataError, load_cifar10, load_fashion_mnist, read_cifar_batch, read_idx
+
 __all__ = ["DataError", "DATASETS", "DatasetInfo", "build_dataset", "build_loader", "EpochSampler",
            "read_idx", "read_cifar_batch", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
-
-
-class DataError(ValueError):
-    """The dataset path is wrong or one of its files is malformed."""
 
 
 @dataclass(frozen=True)
@@ -38,63 +34,6 @@ class DatasetInfo:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-
-
-# ----------------------------------------------------------------------------- readers
-def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 32, 32, 3) uint8 and labels (N,) from one CIFAR-10 python pickle batch."""
-    if not path.is_file():
-        raise DataError(f"CIFAR-10 batch file missing: {path}")
-    try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a malformed batch
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.dtype} "
-                        f"{data.shape}")
-    if labels.shape != (data.shape[0],):
-        raise DataError(f"{path}: {data.shape[0]} images but {labels.size} labels")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: labels must be 0..9, found {labels.min()}..{labels.max()}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
-
-
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX array (plain or .gz); raises DataError on a bad header or a size mismatch."""
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read IDX file {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = math.prod(dims) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: header says shape {dims} ({expected} bytes of data) but the file "
-                        f"holds {len(raw) - header} (truncated or corrupt)")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
-
-
-def _find(root: Path, names: list[str], what: str) -> Path:
-    for n in names:
-        if (root / n).is_file():
-            return root / n
-    raise DataError(f"{what} not found in {root} (looked for {', '.join(names)})")
 
 
 def _check_root(path: str, dataset: str) -> Path:
@@ -217,11 +156,8 @@ def _limit(n: int, limit: int) -> slice:
 
 def _build_cifar10(cfg: dict, seed: int, arch_size: int):
     root = _check_root(cfg["path"], "cifar10")
-    if (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
-    parts = [read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
-    tr_x, tr_y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    va_x, va_y = read_cifar_batch(root / "test_batch")
+    tr_x, tr_y = load_cifar10(root, train=True)
+    va_x, va_y = load_cifar10(root, train=False)
     mean, std = cfg["mean"] or (0.4914, 0.4822, 0.4465), cfg["std"] or (0.2470, 0.2435, 0.2616)
     return _array_pair(cfg, seed, tr_x, tr_y, va_x, va_y, 10, mean, std, "cifar10")
 
@@ -229,19 +165,9 @@ def _build_cifar10(cfg: dict, seed: int, arch_size: int):
 def _build_fashion_mnist(cfg: dict, seed: int, arch_size: int):
     root = _check_root(cfg["path"], "fashion_mnist")
     arrays = {}
-    for split, prefix in (("train", "train"), ("val", "t10k")):
-        imgs = read_idx(_find(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images-idx3-ubyte.gz"],
-                              f"Fashion-MNIST {split} images"))
-        labs = read_idx(_find(root, [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels-idx1-ubyte.gz"],
-                              f"Fashion-MNIST {split} labels"))
-        if imgs.ndim != 3 or imgs.dtype != np.uint8 or labs.ndim != 1:
-            raise DataError(f"Fashion-MNIST {split}: expected uint8 images (N, H, W) and labels (N,), "
-                            f"got {imgs.dtype} {imgs.shape} and {labs.shape}")
-        if len(imgs) != len(labs):
-            raise DataError(f"Fashion-MNIST {split}: {len(imgs)} images but {len(labs)} labels")
-        if labs.size and labs.max() > 9:
-            raise DataError(f"Fashion-MNIST {split}: labels must be 0..9, found {labs.max()}")
-        arrays[split] = (imgs[..., None], labs.astype(np.int64))
+    for split in ("train", "val"):
+        imgs, labs = load_fashion_mnist(root, train=split == "train")
+        arrays[split] = (imgs[..., None], labs)
     mean, std = cfg["mean"] or (0.2860,), cfg["std"] or (0.3530,)
     return _array_pair(cfg, seed, *arrays["train"], *arrays["val"], 10, mean, std, "fashion_mnist")
 
