@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .fileio import atomic_torch_save
 from .registry import MODELS, create_model, get_config
 
 __all__ = ["convert_state_dict", "SOURCES", "CheckpointMismatch", "save_checkpoint",
@@ -133,12 +134,8 @@ def _extract_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], arch: str,
                     config: dict[str, Any] | None = None, **extra) -> Path:
     """Write a nasnet_core checkpoint atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"arch": arch, "config": config or {}, "state_dict": state_dict, **extra}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save({"arch": arch, "config": config or {}, "state_dict": state_dict, **extra},
+                             path)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "merge_config", "dump_config", "write_atomic"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "merge_config", "dump_config"]
 
 
 class ConfigError(ValueError):
@@ -148,19 +146,3 @@ def parse_override(text: str) -> dict:
 def dump_config(cfg: dict) -> str:
     """YAML text of a resolved config."""
     return yaml.safe_dump(cfg, sort_keys=False)
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write a file via a temp file + rename, so a crash never leaves it half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

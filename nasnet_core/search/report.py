@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import write_atomic
+from ..fileio import atomic_write_text
 from .runner import topk_means
 from .store import RunStore
 
@@ -100,6 +100,6 @@ def export_top(run: dict, top: int, out_dir: str | Path) -> list[Path]:
         data = {"genotype": g.to_dict(), "text": g.to_string(), "reward": c["reward"], "child": c["id"],
                 "rank": rank, "run_dir": run["run_dir"], "strategy": run["config"]["search"]["strategy"]}
         path = out_dir / f"top{rank}.json"
-        write_atomic(path, json.dumps(data, indent=1))
+        atomic_write_text(path, json.dumps(data, indent=1))
         paths.append(path)
     return paths

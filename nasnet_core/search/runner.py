@@ -7,7 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from .config import dump_config, load_config, write_atomic
+from ..fileio import atomic_write_text
+from .config import dump_config, load_config
 from .executor import make_executor
 from .rewards import build_space
 from .store import RunStore
@@ -54,7 +55,7 @@ def start_search(run_dir: str | Path, config: dict | None = None, progress: bool
     strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
                              **cfg["search"]["strategy_hparams"])
     store = RunStore(run_dir, create=True)
-    write_atomic(Path(run_dir) / "config.yaml", dump_config(cfg))
+    atomic_write_text(Path(run_dir) / "config.yaml", dump_config(cfg))
     store.init({"config": cfg, "space": space.to_dict()}, state_to_bytes(strategy.state_dict()),
                _counts(strategy))
     return _run(store, cfg, space, strategy, progress)

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "load_training_checkpoint", "rng_state", "set_rng_state"]
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A crash or interrupt at any point leaves either the old file or the new one, never a
-    truncated file under ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["load_training_checkpoint", "rng_state", "set_rng_state"]
 
 
 def load_training_checkpoint(path: str | Path) -> dict:

@@ -9,12 +9,12 @@ every run's outputs.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..fileio import atomic_write_text
 
 __all__ = ["ConfigError", "SCHEMA", "default_config", "load_config", "apply_overrides",
            "dump_config", "write_config", "flatten"]
@@ -199,18 +199,3 @@ def dump_config(cfg: dict) -> str:
 def write_config(cfg: dict, path: str | Path) -> Path:
     """Write the commented resolved config atomically."""
     return atomic_write_text(path, dump_config(cfg))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -15,8 +15,9 @@ from tqdm import tqdm
 
 from .. import registry
 from ..convert import load_checkpoint, save_checkpoint
-from .checkpoint import atomic_save, load_training_checkpoint, rng_state, set_rng_state
-from .config import atomic_write_text, flatten, write_config
+from ..fileio import atomic_torch_save, atomic_write_text
+from .checkpoint import load_training_checkpoint, rng_state, set_rng_state
+from .config import flatten, write_config
 from .data import build_dataset, build_loader
 from .optim import LRSchedule, ModelEMA, build_optimizer, smoothed_cross_entropy
 
@@ -172,7 +173,7 @@ class Trainer:
         state = self.state_dict()
         if self.rank != 0:
             return None
-        return atomic_save(state, self.out / name)
+        return atomic_torch_save(state, self.out / name)
 
     def export_backbone(self, path: str | Path | None = None) -> Path | None:
         """nasnet_core checkpoint (EMA weights when EMA is on, no aux head) for
