@@ -24,7 +24,7 @@ from .checkpoint import NASNetCheckpointer
 from .config import add_nasnet_config
 from .roi_heads import NASNetCropHead
 
-__all__ = ["setup_cfg", "Trainer", "EVALUATORS", "build_evaluator", "eval_output_dir",
+__all__ = ["setup_cfg", "setup_cfg_plain", "Trainer", "EVALUATORS", "build_evaluator", "eval_output_dir",
            "visualize_after_eval", "build_augmentations"]
 
 logger = logging.getLogger("nasnet_det")
@@ -33,6 +33,18 @@ EVALUATORS = {
     # metadata evaluator_type -> builder(dataset_name, cfg, output_dir)
     "coco": lambda name, cfg, out: COCOEvaluator(name, tasks=("bbox",), output_dir=out),
 }
+
+
+def setup_cfg_plain(config_file: str, opts=()):
+    """Config with nasnet_det's keys, ``config_file`` and ``opts`` merged (no logging setup), frozen."""
+    cfg = get_cfg()
+    add_nasnet_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    if cfg.CPU_THREADS > 0:
+        torch.set_num_threads(cfg.CPU_THREADS)
+    return cfg
 
 
 def setup_cfg(args):
