@@ -126,14 +126,16 @@ def test_loss_falls_over_first_iterations(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
     loader = iter(Trainer.build_train_loader(cfg))
     losses = []
-    with EventStorage(0):
-        for _ in range(14):
-            loss = sum(model(next(loader)).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss))
-    torch.set_num_threads(threads)
+    try:
+        with EventStorage(0):
+            for _ in range(14):
+                loss = sum(model(next(loader)).values())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+    finally:
+        torch.set_num_threads(threads)
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
     assert last < 0.75 * first, losses
 
