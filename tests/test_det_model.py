@@ -196,3 +196,16 @@ def test_timm_nasnetalarge_weights_fill_backbone_and_head(tmp_path):
         - {n for n, _ in model.roi_heads.res5.nasnet.state_dict().items()}
     assert unused == {"last_linear.weight", "last_linear.bias"}
     assert checked == len(converted) - 2
+
+
+def test_drop_path_schedule_reaches_backbone_and_head():
+    model, _ = meta_model("configs/Base-NASNet-C4.yaml", ["MODEL.NASNET.DROP_PATH_KEEP_PROB", 0.7,
+                                                          "SOLVER.MAX_ITER", 100])
+    bb, head = model.backbone, model.roi_heads.res5
+    bb.set_training_step(0)
+    head.set_training_step(0)
+    assert bb.nasnet.cell_7.drop_path_keep == 1.0 and head.nasnet.cell_11.drop_path_keep == 1.0
+    bb.set_training_step(100)
+    head.set_training_step(100)
+    assert head.nasnet.cell_11.drop_path_keep == pytest.approx(0.7)  # last cell: the final keep prob
+    assert 0.7 < bb.nasnet.cell_7.drop_path_keep < 1.0
