@@ -1,4 +1,27 @@
 """nasnet_det: NASNet-A as a Detectron2 backbone (Faster R-CNN, C4 and FPN).
 
-Not implemented yet; see the project's issue tracker.
+``import nasnet_det`` registers the backbones (``build_nasnet_c4_backbone``,
+``build_nasnet_fpn_backbone``), the ROI head (``NASNetROIHeads``) and the datasets
+(shapes, COCO 2014 mini-val 8k splits) with Detectron2.
 """
+
+try:
+    import detectron2  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only without detectron2
+    raise ImportError(
+        "nasnet_det needs Detectron2, which is not on PyPI: install torch first, then "
+        "`pip install --no-build-isolation -e \".[detectron2]\"` from this repository."
+    ) from e
+
+from .backbone import NASNetBackbone, build_nasnet_c4_backbone, build_nasnet_fpn_backbone
+from .checkpoint import NASNetCheckpointer
+from .config import add_nasnet_config
+from .datasets import register_all
+from .roi_heads import NASNetROIHeads
+
+register_all()
+
+__all__ = [
+    "NASNetBackbone", "NASNetCheckpointer", "NASNetROIHeads", "add_nasnet_config",
+    "build_nasnet_c4_backbone", "build_nasnet_fpn_backbone", "register_all",
+]

@@ -6,6 +6,11 @@
     python tools/convert_weights.py --source cadene --arch nasnet_a_mobile \
         --input nasnetamobile-7e03cead.pth --output weights/nasnet_a_mobile.pth
 
+``--format detectron2`` writes ``{"model": state_dict, "__author__": "nasnet_core",
+"matching_heuristics": True}`` for ``MODEL.WEIGHTS`` of a nasnet_det detector: detectron2's
+own DetectionCheckpointer then fills backbone and ROI head by name suffix (nasnet_det's
+checkpointer also reads the default nasnet_core format directly).
+
 timm's port computes stride-2 "same" average pools counting the zero padding;
 build the model with ``pad_mode="timm"`` to reproduce its logits bit for bit
 (the default ``tf`` follows TensorFlow, in which the weights were trained).
@@ -20,7 +25,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nasnet_core as nc  # noqa: E402
 
-FORMATS = ("nasnet_core",)
+FORMATS = ("nasnet_core", "detectron2")
+
+
+def save_detectron2(path: Path, state_dict, arch: str, pad_mode: str, **extra) -> Path:
+    """Write a detectron2-style checkpoint (suffix-matched into backbone + ROI head) atomically."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": state_dict, "__author__": "nasnet_core", "matching_heuristics": True,
+                "arch": arch, "config": {"pad_mode": pad_mode}, **extra}, tmp)
+    tmp.replace(path)
+    return path
 
 
 def main(argv=None) -> int:
@@ -48,9 +65,12 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     pad_mode = "timm" if args.source == "timm" else "tf"
-    nc.save_checkpoint(out, converted, args.arch, config={"pad_mode": pad_mode},
-                       source=args.source, source_file=str(args.input))
-    print(f"wrote {out}: {len(converted)} tensors for {args.arch} (from {args.source})")
+    meta = dict(source=args.source, source_file=str(args.input))
+    if args.format == "detectron2":
+        save_detectron2(out, converted, args.arch, pad_mode, **meta)
+    else:
+        nc.save_checkpoint(out, converted, args.arch, config={"pad_mode": pad_mode}, **meta)
+    print(f"wrote {out}: {len(converted)} tensors for {args.arch} (from {args.source}, {args.format} format)")
     return 0
 
 

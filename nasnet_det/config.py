@@ -1,0 +1,55 @@
+"""The ``MODEL.NASNET.*`` (and two input/test) config keys nasnet_det adds to Detectron2's config."""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+
+def add_nasnet_config(cfg) -> None:
+    """Add nasnet_det's keys (each commented below) to a Detectron2 ``cfg`` in place."""
+    cfg.MODEL.NASNET = CN()
+    n = cfg.MODEL.NASNET
+    # Registered nasnet_core model the backbone and ROI head are cut from
+    # (nasnet_a_mobile, nasnet_a_large, nasnet_a_7_1920, ...; see nasnet_core.list_models()).
+    n.ARCH = "nasnet_a_mobile"
+    # Genotype override: a registered name, its text form or a JSON path; "" keeps ARCH's.
+    n.GENOTYPE = ""
+    # Normal cells per stage (paper's N); 0 keeps ARCH's.
+    n.N = 0
+    # Penultimate width (paper's F = 24 x num_conv_filters for NASNet-A); 0 keeps ARCH's.
+    n.F = 0
+    # Stem conv0 width = 32 x STEM_MULTIPLIER; 0 keeps ARCH's (mobile 1.0, large 3.0).
+    n.STEM_MULTIPLIER = 0.0
+    # First cell after a reduction reads the reduction's own previous input (TF-slim
+    # skip_reduction_layer_input): 1 / 0, or -1 to keep ARCH's (mobile 0, large 1).
+    n.SKIP_REDUCTION_LAYER_INPUT = -1
+    # Norm layer of every cell: BN, SyncBN, FrozenBN (BN converted to detectron2's
+    # FrozenBatchNorm2d everywhere) or GN. Random-init training needs BN or GN.
+    n.NORM = "BN"
+    # BatchNorm eps and PyTorch momentum; < 0 keeps ARCH's (1e-3 and 0.0003 = TF decay 0.9997,
+    # far too slow for short schedules: use ~0.1 when training from scratch).
+    n.BN_EPS = -1.0
+    n.BN_MOMENTUM = -1.0
+    # TF "SAME" padding flavour of stride-2 average pools: "tf" (TF / Cadene weights) or
+    # "timm" (weights converted from timm's nasnetalarge, which counts the zero padding).
+    n.PAD_MODE = "tf"
+    # Freeze the first stages and turn their BN into FrozenBN, as detectron2's ResNet:
+    # 0 nothing, 1 conv0, 2 + stem cells, 3 + stage 1, 4 + reduction_cell_0 and stage 2
+    # (the whole C4 backbone). The ROI head is never frozen.
+    n.FREEZE_AT = 2
+    # ScheduledDropPath final keep probability (1.0 = off, as the TF OD API trains NASNet);
+    # the ramp runs over SOLVER.MAX_ITER.
+    n.DROP_PATH_KEEP_PROB = 1.0
+    # Which channels of the concatenated stride-16 pair the ROI head splits back into its
+    # two cell inputs is derived from the architecture; nothing to set.
+
+    # Resize every image to a fixed SIZE x SIZE square (the paper's 600/800/1200 inputs,
+    # aspect ratio not kept); 0 uses INPUT.MIN_SIZE_*/MAX_SIZE_* as usual.
+    cfg.INPUT.FIXED_SIZE = 0
+    # Minimum score of the detections drawn by train_net's visualisation after evaluation.
+    cfg.TEST.VIS_THRESHOLD = 0.5
+    # Images drawn per test set after evaluation (0: none).
+    cfg.TEST.VIS_MAX_IMAGES = 8
+    # torch intra-op threads for CPU runs (0: torch's default). On a small shared machine one
+    # thread avoids OpenMP spin contention (measured 5-10x faster per iteration on 2 busy cores).
+    cfg.CPU_THREADS = 0

@@ -1,0 +1,155 @@
+"""Training/evaluation glue for tools/train_net.py: config setup, the Trainer, post-eval drawing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import detectron2.data.transforms as T
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import (
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.evaluation import COCOEvaluator
+
+from . import shapes
+from .backbone import NASNetBackbone
+from .checkpoint import NASNetCheckpointer
+from .config import add_nasnet_config
+from .roi_heads import NASNetCropHead
+
+__all__ = ["setup_cfg", "setup_cfg_plain", "Trainer", "EVALUATORS", "build_evaluator", "eval_output_dir",
+           "visualize_after_eval", "build_augmentations"]
+
+logger = logging.getLogger("nasnet_det")
+
+EVALUATORS = {
+    # metadata evaluator_type -> builder(dataset_name, cfg, output_dir)
+    "coco": lambda name, cfg, out: COCOEvaluator(name, tasks=("bbox",), output_dir=out),
+}
+
+
+def setup_cfg_plain(config_file: str, opts=()):
+    """Config with nasnet_det's keys, ``config_file`` and ``opts`` merged (no logging setup), frozen."""
+    cfg = get_cfg()
+    add_nasnet_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    if cfg.CPU_THREADS > 0:
+        torch.set_num_threads(cfg.CPU_THREADS)
+    return cfg
+
+
+def setup_cfg(args):
+    """Detectron2 config with nasnet_det's keys, the file and opts merged, frozen and logged."""
+    cfg = get_cfg()
+    add_nasnet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    if cfg.CPU_THREADS > 0:
+        torch.set_num_threads(cfg.CPU_THREADS)
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        root = MetadataCatalog.get(name).get("shapes_root")
+        if root is not None:
+            shapes.ensure_shapes(root)  # COCOEvaluator reads the json when it is built
+    return cfg
+
+
+def eval_output_dir(cfg, dataset_name: str) -> str:
+    """Each test set's own results folder, so test-dev runs never overwrite each other."""
+    return os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
+    """The evaluator for ``dataset_name``'s ``evaluator_type`` (see EVALUATORS)."""
+    kind = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+    if kind not in EVALUATORS:
+        raise ValueError(f"no evaluator for {dataset_name!r} (evaluator_type {kind!r}); "
+                         f"known: {', '.join(EVALUATORS)}")
+    return EVALUATORS[kind](dataset_name, cfg, output_folder or eval_output_dir(cfg, dataset_name))
+
+
+def build_augmentations(cfg, is_train: bool) -> list:
+    """Fixed square resize when INPUT.FIXED_SIZE > 0 (the paper), else shortest-edge; flip in training."""
+    if cfg.INPUT.FIXED_SIZE > 0:
+        augs = [T.Resize((cfg.INPUT.FIXED_SIZE, cfg.INPUT.FIXED_SIZE))]
+    elif is_train:
+        augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+    else:
+        augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    if is_train and cfg.INPUT.RANDOM_FLIP != "none":
+        augs.append(T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                                 vertical=cfg.INPUT.RANDOM_FLIP == "vertical"))
+    return augs
+
+
+class DropPathStep(hooks.HookBase):
+    """Feeds the iteration number to ScheduledDropPath in the backbone and the ROI head."""
+
+    def before_step(self):
+        """Set the drop-path step of every NASNet part of the model."""
+        model = self.trainer.model
+        model = getattr(model, "module", model)
+        for part in model.modules():
+            if isinstance(part, (NASNetBackbone, NASNetCropHead)):
+                part.set_training_step(self.trainer.iter)
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with NASNet checkpoint loading, per-dataset evaluators and fixed-size inputs."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # Reads nasnet_core ImageNet checkpoints in MODEL.WEIGHTS (and everything detectron2 reads).
+        self.checkpointer = NASNetCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR,
+                                               **self.checkpointer.checkpointables)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """See :func:`build_evaluator`."""
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Train loader with :func:`build_augmentations`."""
+        return build_detection_train_loader(
+            cfg, mapper=DatasetMapper(cfg, True, augmentations=build_augmentations(cfg, True)))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Test loader with :func:`build_augmentations`."""
+        return build_detection_test_loader(
+            cfg, dataset_name,
+            mapper=DatasetMapper(cfg, False, augmentations=build_augmentations(cfg, False)))
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks plus the drop-path step hook."""
+        return [DropPathStep()] + super().build_hooks()
+
+
+def visualize_after_eval(cfg) -> list[Path]:
+    """Draw the detections of each test set's results json into OUTPUT_DIR/vis/<dataset>/."""
+    from .visualize import draw_results
+
+    written = []
+    if cfg.TEST.VIS_MAX_IMAGES <= 0:
+        return written
+    for name in cfg.DATASETS.TEST:
+        results = Path(eval_output_dir(cfg, name)) / "coco_instances_results.json"
+        if not results.is_file():
+            logger.warning(f"no results json for {name} at {results}; nothing drawn")
+            continue
+        out = Path(cfg.OUTPUT_DIR) / "vis" / name
+        written += draw_results(name, [results], out, cfg.TEST.VIS_THRESHOLD, cfg.TEST.VIS_MAX_IMAGES)
+        logger.info(f"drew {len(written)} images with detections into {out}")
+    return written

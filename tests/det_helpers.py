@@ -1,0 +1,37 @@
+"""Shared helpers for the nasnet_det tests (configs, tiny inputs)."""
+
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+
+
+def make_cfg(config_file=None, opts=()):
+    """A detectron2 config with nasnet_det keys, an optional shipped file and opts merged."""
+    from detectron2.config import get_cfg
+
+    import nasnet_det
+
+    cfg = get_cfg()
+    nasnet_det.add_nasnet_config(cfg)
+    if config_file:
+        cfg.merge_from_file(str(ROOT / config_file))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def tiny_inputs(n=2, size=64, num_classes=3):
+    """Random images (CHW uint8-range floats) with one or two gt boxes each."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(0)
+    batch = []
+    for i in range(n):
+        img = torch.randint(0, 256, (3, size, size), generator=g).float()
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.tensor([[8.0, 8.0, 40.0, 36.0], [20.0, 24.0, 60.0, 60.0]])[: 1 + i % 2])
+        inst.gt_classes = torch.tensor([0, 2])[: 1 + i % 2] % num_classes
+        batch.append({"image": img, "height": size, "width": size, "instances": inst})
+    return batch
