@@ -5,7 +5,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+DETECTION_CONFIG_DIRS = ("COCO-Detection", "quick_schedules")
+CONFIGS = sorted([str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("Base-*.yaml")]
+                 + [str(p.relative_to(ROOT)) for d in DETECTION_CONFIG_DIRS
+                    for p in (ROOT / "configs" / d).glob("*.yaml")])
 
 
 def make_cfg(config_file=None, opts=()):

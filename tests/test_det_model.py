@@ -209,3 +209,28 @@ def test_drop_path_schedule_reaches_backbone_and_head():
     head.set_training_step(100)
     assert head.nasnet.cell_11.drop_path_keep == pytest.approx(0.7)  # last cell: the final keep prob
     assert 0.7 < bb.nasnet.cell_7.drop_path_keep < 1.0
+
+
+def test_classifier_export_loads_into_the_detector(tmp_path):
+    """The backbone.pth written by tools/train_classifier.py is what MODEL.WEIGHTS takes."""
+    from test_train_classifier import make_folder, tiny_cfg
+
+    from nasnet_core.train.trainer import Trainer
+
+    data = make_folder(tmp_path / "d", per_class=4)
+    cfg = tiny_cfg(tmp_path, "imagenet", data, **{
+        "model.arch": "nasnet_a_mobile", "model.N": 1, "model.F": 192, "model.aux_head": False,
+        "data.image_size": 64, "solver.epochs": 1})
+    trainer = Trainer(cfg)
+    trainer.fit()
+    trainer.close()
+    path = tmp_path / "run" / "backbone.pth"
+    exported = torch.load(path, weights_only=True)["state_dict"]
+    model = build_model(make_cfg("configs/quick_schedules/nasnet_a_mobile_c4_instant_test.yaml", SMALL))
+    nasnet_det.NASNetCheckpointer(model).load(str(path))
+    checked = 0
+    for part in (model.backbone.nasnet, model.roi_heads.res5.nasnet):
+        for name, tensor in part.state_dict().items():
+            assert torch.equal(tensor, exported[name]), name
+            checked += 1
+    assert checked == len(exported) - 2  # all but the classifier
