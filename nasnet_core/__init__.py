@@ -2,6 +2,7 @@
 
 from .complexity import complexity
 from .convert import CheckpointMismatch, convert_state_dict, load_checkpoint, read_state_dict, save_checkpoint
+from .fuse import fuse_bn
 from .genotype import GENOTYPES, NASNET_A, Block, CellGenotype, Genotype, GenotypeError, get_genotype
 from .network import NASNet
 from .ops import COMBINERS, OP_NAMES, OPS
@@ -12,6 +13,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Block", "CellGenotype", "CheckpointMismatch", "COMBINERS", "GENOTYPES", "Genotype",
     "GenotypeError", "MODELS", "ModelConfig", "NASNET_A", "NASNet", "OP_NAMES", "OPS",
-    "complexity", "convert_state_dict", "create_model", "get_config", "get_genotype",
+    "complexity", "convert_state_dict", "create_model", "fuse_bn", "get_config", "get_genotype",
     "list_models", "load_checkpoint", "read_state_dict", "register_model", "save_checkpoint",
 ]

@@ -134,3 +134,4 @@ def test_benchmark_tool_prints_ratios():
                         "--iters", "1", "--warmup", "0"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "CPU batch-1 nasnet_a_mobile@224" in r.stdout and "ratio of medians" in r.stdout
+    assert "ours + fuse_bn" in r.stdout

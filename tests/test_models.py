@@ -186,3 +186,22 @@ def test_create_model_with_genotype_forms(tmp_path):
     a = nc.create_model("nasnet_a_cifar", genotype=str(path), N=1, F=96)
     b = nc.create_model("nasnet_a_cifar", genotype=nc.NASNET_A, N=1, F=96)
     assert n_params(a) == n_params(b)
+
+
+@pytest.mark.parametrize("name,size,seed", [("nasnet_a_mobile", 96, None), ("nasnet_a_cifar", 32, 3)])
+def test_fuse_bn_keeps_the_logits(name, size, seed):
+    from conftest import randomize_bn
+
+    kw = {"genotype": random_genotype(random.Random(seed), 5)} if seed is not None else {}
+    model = nc.create_model(name, N=1, num_conv_filters=16, aux_head=False, **kw)
+    randomize_bn(model)
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+        with pytest.raises(ValueError, match="eval mode"):
+            nc.fuse_bn(model.train())
+        fused = nc.fuse_bn(model.eval())
+        out = fused(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Speed of our NASNet-A models against the public ports, measured in the same run.
 
-CPU: batch-1 latency (median of interleaved runs) of ours vs Cadene ``nasnetamobile``
-and timm ``nasnetalarge``. GPU (when present): train and inference images/s in fp32
-and bf16 autocast, channels_last. Prints ratios ours/peer (< 1 means we are faster).
+CPU: batch-1 latency (median of interleaved runs) of ours -- as built, and with
+``nc.fuse_bn`` (BN folded into the convs, inference only) -- vs Cadene ``nasnetamobile``
+and timm ``nasnetalarge``; ``--channels-last`` runs all of them channels_last. GPU (when
+present): train and inference images/s in fp32 and bf16 autocast, channels_last.
+Prints ratios ours/peer (< 1 means we are faster).
 
     python tools/benchmark_models.py --models mobile large
 """
@@ -11,6 +13,7 @@ and bf16 autocast, channels_last. Prints ratios ours/peer (< 1 means we are fast
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=20, help="timed CPU iterations per model")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--channels-last", action="store_true", help="CPU runs in channels_last (all models)")
     ap.add_argument("--gpu", action="store_true", help="also run the CUDA throughput benchmark")
     ap.add_argument("--gpu-batch", type=int, default=32)
     ap.add_argument("--gpu-iters", type=int, default=10)
@@ -105,12 +109,20 @@ def main(argv=None) -> int:
         arch, kw, peer_name, size = PAIRS[key]
         ours = nc.create_model(arch, aux_head=False, **kw).eval()
         peer = build_peer(peer_name).eval()
+        fused = nc.fuse_bn(copy.deepcopy(ours))
         x = torch.randn(1, 3, size, size)
-        t_ours, t_peer = interleaved_latency([ours, peer], x, args.iters, args.warmup)
-        mo, mp = statistics.median(t_ours), statistics.median(t_peer)
-        ratios = sorted(a / b for a, b in zip(t_ours, t_peer))
-        print(f"CPU batch-1 {arch}@{size}: ours {mo * 1e3:.1f} ms, {peer_name} {mp * 1e3:.1f} ms, "
-              f"ratio of medians {mo / mp:.3f} (median paired ratio {statistics.median(ratios):.3f})")
+        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+        x = x.to(memory_format=fmt)
+        cpu_models = [m.to(memory_format=fmt) for m in (ours, peer, fused)]
+        t_ours, t_peer, t_fused = interleaved_latency(cpu_models, x, args.iters, args.warmup)
+        mp = statistics.median(t_peer)
+        layout = "channels_last" if args.channels_last else "contiguous"
+        print(f"CPU batch-1 {arch}@{size} ({layout}): {peer_name} {mp * 1e3:.1f} ms")
+        for label, times in (("ours", t_ours), ("ours + fuse_bn", t_fused)):
+            mo = statistics.median(times)
+            paired = statistics.median(a / b for a, b in zip(times, t_peer))
+            print(f"  {label:15s} {mo * 1e3:.1f} ms, ratio of medians {mo / mp:.3f} "
+                  f"(median paired ratio {paired:.3f})")
         if args.gpu and torch.cuda.is_available():
             for train in (False, True):
                 for bf16 in (False, True):
