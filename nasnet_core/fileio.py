@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
+           "read_yaml_mapping"]
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -43,3 +44,19 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_yaml_mapping(path: str | Path, error: type[Exception] = ValueError) -> dict:
+    """The mapping in the YAML file ``path`` (empty file: {}); ``error`` names what is wrong."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise error(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise error(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data

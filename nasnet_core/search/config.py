@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from ..fileio import read_yaml_mapping
+
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "merge_config", "dump_config"]
 
 
@@ -119,14 +121,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     """DEFAULTS merged with a YAML file and then with ``overrides`` (a nested dict)."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        cfg = merge_config(cfg, data)
+        cfg = merge_config(cfg, read_yaml_mapping(path, ConfigError))
     if overrides:
         cfg = merge_config(cfg, overrides)
     return cfg

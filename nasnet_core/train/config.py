@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_yaml_mapping
 
 __all__ = ["ConfigError", "SCHEMA", "default_config", "load_config", "apply_overrides",
            "dump_config", "write_config", "flatten"]
@@ -145,15 +145,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, updated by the YAML file at ``path`` and then by ``KEY VALUE`` overrides."""
     cfg = default_config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse config {path}: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+        data = read_yaml_mapping(path, ConfigError)
         for sec, keys in data.items():
             if sec not in SCHEMA:
                 raise ConfigError(f"unknown config section {sec!r} in {path}; known sections: "

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .. import registry
 from ..convert import load_checkpoint, save_checkpoint
 from ..fileio import atomic_torch_save, atomic_write_text
-from .checkpoint import load_training_checkpoint, rng_state, set_rng_state
+from .checkpoint import load_training_checkpoint, read_checkpoint, rng_state, set_rng_state
 from .config import flatten, write_config
 from .data import build_dataset, build_loader
 from .optim import LRSchedule, ModelEMA, build_optimizer, smoothed_cross_entropy
@@ -307,13 +307,7 @@ class Trainer:
 
     def evaluate_checkpoint(self, path: str | Path) -> dict:
         """Load a training checkpoint (its EMA when present) or an exported backbone, then evaluate."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means an unreadable file
-            raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        ckpt = read_checkpoint(path)
         if isinstance(ckpt, dict) and "model" in ckpt and "step" in ckpt:
             state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
             self.model.load_state_dict(state)
