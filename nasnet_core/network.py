@@ -174,12 +174,12 @@ class NASNet(nn.Module):
                                  _spatial_after(image_size, aux_spec.stride, stem), ctx)
                          if aux_head else None)
 
-        self.feature_info = self._make_feature_info(reductions)
+        self.feature_info = self._make_feature_info()
         self._init_weights()
         self.set_training_step(0)
 
     # ------------------------------------------------------------------ build
-    def _make_feature_info(self, reductions):
+    def _make_feature_info(self):
         stem_stride = 2 if self.stem_type == "imagenet" else 1
         info = [dict(name="stem", channels=self.stem_channels, stride=stem_stride, module="conv0")]
         n = self.num_cells // 3

@@ -7,7 +7,7 @@ from typing import Any
 
 from .genotype import get_genotype
 from .network import NASNet
-from .ops import OpContext
+from .ops import PAD_MODES, OpContext
 
 __all__ = ["ModelConfig", "MODELS", "create_model", "list_models", "register_model", "get_config"]
 
@@ -134,10 +134,10 @@ def create_model(name: str, **overrides) -> NASNet:
     ``genotype`` takes a Genotype, a registered name, its text form, a dict or a JSON path.
     """
     cfg = get_config(name, **overrides)
+    if cfg.pad_mode not in PAD_MODES:
+        raise ValueError(f"unknown pad_mode {cfg.pad_mode!r}; known: {', '.join(PAD_MODES)}")
     ctx = OpContext(norm=cfg.norm, bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum,
                     pad_mode=cfg.pad_mode)
-    if cfg.pad_mode not in ("tf", "timm"):
-        raise ValueError(f"unknown pad_mode {cfg.pad_mode!r}; known: tf, timm")
     model = NASNet(
         get_genotype(cfg.genotype),
         num_cells=cfg.num_cells,

@@ -132,6 +132,8 @@ def test_unknown_names_list_the_known_ones():
         nc.create_model("nasnet_a_mobile", widht=3)
     with pytest.raises(ValueError, match="unknown stem 'coco'; known: imagenet, cifar"):
         nc.create_model("nasnet_a_mobile", stem="coco")
+    with pytest.raises(ValueError, match="unknown pad_mode 'same'; known: tf, timm"):
+        nc.create_model("nasnet_a_mobile", pad_mode="same")
     with pytest.raises(ValueError, match="unknown norm 'XN'"):
         nc.create_model("nasnet_a_mobile", norm="XN")
 
