@@ -205,7 +205,9 @@ class NASNet(nn.Module):
         """Set the global step that drives ScheduledDropPath's time ramp."""
         self.training_step = step
         for spec, p in zip(self.cell_specs, self.drop_path_keep_probs(step)):
-            getattr(self, spec.name).drop_path_keep = p
+            cell = getattr(self, spec.name, None)  # absent in a trimmed network (nasnet_det parts)
+            if cell is not None:
+                cell.drop_path_keep = p
 
     def drop_path_keep_probs(self, step: int | None = None) -> list[float]:
         """Keep probability of every cell (stem cells first) at ``step`` (default: current).

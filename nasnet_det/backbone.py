@@ -7,7 +7,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
-from .model import build_nasnet, freeze, set_drop_path_step, trim
+from .model import build_nasnet, freeze, trim
 
 __all__ = ["NASNetBackbone", "build_nasnet_c4_backbone", "build_nasnet_fpn_backbone",
            "C4_FEATURE", "FPN_BOTTOM_UP"]
@@ -60,7 +60,7 @@ class NASNetBackbone(Backbone):
 
     def set_training_step(self, step: int) -> None:
         """Drive ScheduledDropPath of the backbone cells."""
-        set_drop_path_step(self.nasnet, step)
+        self.nasnet.set_training_step(step)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named features of an image batch."""

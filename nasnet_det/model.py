@@ -8,12 +8,11 @@ nasnet_core ImageNet checkpoint fills both by dotted-suffix matching.
 from __future__ import annotations
 
 from detectron2.layers import FrozenBatchNorm2d
-from torch import nn
 
 import nasnet_core as nc
 from nasnet_core.network import NASNet
 
-__all__ = ["build_nasnet", "trim", "stage_of", "freeze", "NORMS", "set_drop_path_step"]
+__all__ = ["build_nasnet", "trim", "stage_of", "freeze", "NORMS"]
 
 # MODEL.NASNET.NORM -> (norm nasnet_core builds, convert to detectron2 FrozenBN afterwards)
 NORMS = {"BN": ("BN", False), "SyncBN": ("SyncBN", False), "FrozenBN": ("BN", True), "GN": ("GN", False)}
@@ -76,12 +75,3 @@ def freeze(model: NASNet, freeze_at: int) -> None:
         frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(module)
         if frozen is not module:
             setattr(model, name, frozen)
-
-
-def set_drop_path_step(model: NASNet, step: int) -> None:
-    """Set the ScheduledDropPath keep probability of the cells ``model`` still holds."""
-    model.training_step = step
-    for spec, p in zip(model.cell_specs, model.drop_path_keep_probs(step)):
-        cell = getattr(model, spec.name, None)
-        if isinstance(cell, nn.Module):
-            cell.drop_path_keep = p

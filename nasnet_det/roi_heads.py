@@ -9,7 +9,7 @@ from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
 from .backbone import c4_split
-from .model import build_nasnet, set_drop_path_step, trim
+from .model import build_nasnet, trim
 
 __all__ = ["NASNetROIHeads", "NASNetCropHead"]
 
@@ -29,7 +29,7 @@ class NASNetCropHead(nn.Module):
 
     def set_training_step(self, step: int) -> None:
         """Drive ScheduledDropPath of the head cells."""
-        set_drop_path_step(self.nasnet, step)
+        self.nasnet.set_training_step(step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(R, C_pair, S, S) crops -> (R, C_out, S/2, S/2) final-stage features (after ReLU)."""

@@ -124,16 +124,15 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
     sched = torch.optim.lr_scheduler.LambdaLR(  # single-period cosine, per step, down to 0
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     model.train()
-    step, loss_sum, start = 0, 0.0, time.perf_counter()
-    for _ in range(epochs):
+    step, start = 0, time.perf_counter()
+    loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
+    for epoch in range(epochs):
         perm = torch.randperm(len(x_tr), generator=g)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             xb = augment(x_tr[idx], crop_pad, flip, g).to(dev, non_blocking=True)
             yb = y_tr[idx].to(dev, non_blocking=True)
             loss = F.cross_entropy(model(xb), yb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -141,7 +140,9 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
             opt.step()
             sched.step()
             step += 1
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
+        if not torch.isfinite(loss_sum):  # checked once per epoch, where it costs one sync
+            raise FloatingPointError(f"loss became {loss_sum.item()} in epoch {epoch}")
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - start
@@ -152,5 +153,5 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
         for i in range(0, len(x_va), eval_batch_size):
             logits = model(x_va[i:i + eval_batch_size].to(dev))
             correct += int((logits.argmax(1).cpu() == y_va[i:i + eval_batch_size]).sum())
-    return {"val_acc": correct / len(x_va), "train_loss": loss_sum / max(step, 1), "steps": step,
+    return {"val_acc": correct / len(x_va), "train_loss": loss_sum.item() / max(step, 1), "steps": step,
             "images": step * batch_size, "train_seconds": train_seconds}
