@@ -49,14 +49,8 @@ def setup_cfg_plain(config_file: str, opts=()):
 
 def setup_cfg(args):
     """Detectron2 config with nasnet_det's keys, the file and opts merged, frozen and logged."""
-    cfg = get_cfg()
-    add_nasnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
+    cfg = setup_cfg_plain(args.config_file, args.opts)
     default_setup(cfg, args)
-    if cfg.CPU_THREADS > 0:
-        torch.set_num_threads(cfg.CPU_THREADS)
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         root = MetadataCatalog.get(name).get("shapes_root")
         if root is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -45,6 +46,11 @@ def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> li
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hit = top == target[:, None]
     return [int(hit[:, :k].any(1).sum()) for k in ks]
+
+
+def _check_finite(loss: float, where: str) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} {where}; lower solver.lr")
 
 
 def _toggle(value: str, default: bool, key: str) -> bool:
@@ -203,8 +209,9 @@ class Trainer:
         self.net.train()
         self.train_set.epoch = self.epoch
         self.train_loader.sampler.set_epoch(self.epoch)
+        # Summed on the device: the loop syncs with the host only at log steps and epoch end.
         total_loss = torch.zeros((), device=self.device)
-        correct, seen = 0, 0
+        correct, seen = torch.zeros((), device=self.device), 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{s['epochs']}", leave=False,
                    disable=self.rank != 0, dynamic_ncols=True)
         for x, y in bar:
@@ -217,8 +224,6 @@ class Trainer:
             loss = smoothed_cross_entropy(logits, y, s["label_smoothing"])
             if aux is not None:
                 loss = loss + s["aux_weight"] * smoothed_cross_entropy(aux, y, s["label_smoothing"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower solver.lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if s["grad_clip"] > 0:
@@ -228,15 +233,19 @@ class Trainer:
                 self.ema.update(self.model)
             self.step += 1
             total_loss += loss.detach() * len(y)
-            correct += accuracy_counts(logits.detach(), y, (1,))[0]
+            correct += (logits.detach().topk(1, dim=1).indices[:, 0] == y).sum()
             seen += len(y)
             if self.step % self.cfg["train"]["log_every"] == 0 or self.step == self.total_steps:
+                value = loss.item()
+                _check_finite(value, f"at step {self.step}")
                 keep = min(self.model.drop_path_keep_probs())
-                self._scalar("train/loss", loss.item(), self.step)
+                self._scalar("train/loss", value, self.step)
                 self._scalar("train/lr", lr, self.step)
                 self._scalar("train/drop_path_keep", keep, self.step)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", keep=f"{keep:.3f}")
-        stats = torch.tensor([total_loss.item(), correct, seen], dtype=torch.float64, device=self.device)
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", keep=f"{keep:.3f}")
+        _check_finite(total_loss.item(), f"in epoch {self.epoch + 1}")  # before any checkpoint is written
+        stats = torch.tensor([total_loss.item(), correct.item(), seen], dtype=torch.float64,
+                             device=self.device)
         if self.world > 1:
             dist.all_reduce(stats)
         n = stats[2].item()
