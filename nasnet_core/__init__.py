@@ -4,15 +4,18 @@ from .complexity import complexity
 from .convert import CheckpointMismatch, convert_state_dict, load_checkpoint, read_state_dict, save_checkpoint
 from .fuse import fuse_bn
 from .genotype import GENOTYPES, NASNET_A, Block, CellGenotype, Genotype, GenotypeError, get_genotype
+from .layers import NORMS, PAD_MODES
 from .network import NASNet
-from .ops import COMBINERS, OP_NAMES, OPS
+from .ops import COMBINERS, OP_NAMES, OPS, PAPER_OPS, FoldPair, OpContext
+from .plan import CellSpec, NetworkPlan, make_plan
 from .registry import MODELS, ModelConfig, create_model, get_config, list_models, register_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Block", "CellGenotype", "CheckpointMismatch", "COMBINERS", "GENOTYPES", "Genotype",
-    "GenotypeError", "MODELS", "ModelConfig", "NASNET_A", "NASNet", "OP_NAMES", "OPS",
-    "complexity", "convert_state_dict", "create_model", "fuse_bn", "get_config", "get_genotype",
-    "list_models", "load_checkpoint", "read_state_dict", "register_model", "save_checkpoint",
+    "Block", "CellGenotype", "CellSpec", "CheckpointMismatch", "COMBINERS", "FoldPair", "GENOTYPES",
+    "Genotype", "GenotypeError", "MODELS", "ModelConfig", "NASNET_A", "NASNet", "NetworkPlan", "NORMS",
+    "OP_NAMES", "OPS", "OpContext", "PAD_MODES", "PAPER_OPS", "complexity", "convert_state_dict",
+    "create_model", "fuse_bn", "get_config", "get_genotype", "list_models", "load_checkpoint",
+    "make_plan", "read_state_dict", "register_model", "save_checkpoint",
 ]

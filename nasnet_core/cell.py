@@ -7,14 +7,51 @@ import torch.nn.functional as F
 from torch import nn
 
 from .genotype import CellGenotype
-from .ops import OPS, FactorizedReduction, Identity, OpContext, ReLUConvBN, drop_path, make_combine_norm
+from .layers import drop_path
+from .ops import OPS, FactorizedReduction, Identity, OpContext, ReLUConvBN, make_combine_norm
 
-__all__ = ["Cell", "PREV_MODES"]
+__all__ = ["Cell", "PREV_MODES", "cell_out_channels", "output_reductions", "state_channels"]
 
 PREV_MODES = ("none", "same", "reduce")
 """How the previous-previous input relates to the current one: absent (the cell
 reuses its raw current input, as TF-slim does for the first cell), same spatial
 size, or twice the spatial size (factorized reduction)."""
+
+
+def state_channels(genotype: CellGenotype, c_cur: int, c_prev: int, filters: int,
+                   prev_mode: str) -> list[int]:
+    """Width of every hidden state of a cell: 0, 1, then one per block."""
+    if prev_mode not in PREV_MODES:
+        raise ValueError(f"unknown prev_mode {prev_mode!r}; known: {', '.join(PREV_MODES)}")
+    if prev_mode == "none":
+        c1 = c_cur  # the raw current input
+    elif prev_mode == "reduce" or c_prev != filters:
+        c1 = filters  # factorized reduction or 1x1 conv
+    else:
+        c1 = c_prev
+    return [filters, c1] + [2 * filters if b.combine == "concat" else filters for b in genotype.blocks]
+
+
+def output_reductions(genotype: CellGenotype, channels: list[int], filters: int, reduction: bool,
+                      prev_mode: str) -> dict[int, int]:
+    """Output state -> stride of the factorized reduction it gets (TF-slim): states 0/1 of a
+    reduction cell are at twice the cell's resolution (stride 2); a raw state 1 of another
+    width is brought to ``filters`` (stride 1)."""
+    out = {}
+    for s in genotype.output_states():
+        if s < 2 and reduction:
+            out[s] = 2
+        elif s == 1 and channels[1] != filters and prev_mode == "none":
+            out[s] = 1
+    return out
+
+
+def cell_out_channels(genotype: CellGenotype, c_cur: int, c_prev: int, filters: int,
+                      reduction: bool, prev_mode: str) -> int:
+    """Width of a cell's output (the concatenation of its output states), without building it."""
+    channels = state_channels(genotype, c_cur, c_prev, filters, prev_mode)
+    reduced = output_reductions(genotype, channels, filters, reduction, prev_mode)
+    return sum(filters if s in reduced else channels[s] for s in genotype.output_states())
 
 
 class Cell(nn.Module):
@@ -27,8 +64,7 @@ class Cell(nn.Module):
     def __init__(self, genotype: CellGenotype, c_cur: int, c_prev: int, filters: int,
                  reduction: bool, prev_mode: str, ctx: OpContext):
         super().__init__()
-        if prev_mode not in PREV_MODES:
-            raise ValueError(f"unknown prev_mode {prev_mode!r}; known: {', '.join(PREV_MODES)}")
+        channels = state_channels(genotype, c_cur, c_prev, filters, prev_mode)
         self.genotype = genotype
         self.reduction = reduction
         self.prev_mode = prev_mode
@@ -37,46 +73,36 @@ class Cell(nn.Module):
 
         self.conv_1x1 = ReLUConvBN(c_cur, filters, 1, 1, ctx)
         self.conv_prev_1x1 = self.reduce_prev = None
-        if prev_mode == "none":
-            c1 = c_cur
-        elif prev_mode == "reduce":
+        if prev_mode == "reduce":
             self.reduce_prev = FactorizedReduction(c_prev, filters, ctx, stride=2)
-            c1 = filters
-        elif c_prev != filters:
+        elif prev_mode == "same" and c_prev != filters:
             self.conv_prev_1x1 = ReLUConvBN(c_prev, filters, 1, 1, ctx)
-            c1 = filters
-        else:
-            c1 = c_prev
-        channels = [filters, c1]
-
-        self._ops: list[tuple[nn.Module, nn.Module, nn.Module | None]] = []
-        for b, block in enumerate(genotype.blocks):
-            pair = []
-            for side, idx, op_name in (("left", block.input_a, block.op_a),
-                                       ("right", block.input_b, block.op_b)):
-                stride = 2 if (reduction and idx < 2) else 1
-                op = OPS[op_name](channels[idx], filters, stride, ctx)
-                self.add_module(f"comb_iter_{b}_{side}", op)
-                pair.append(op)
-            norm = make_combine_norm(block.combine, filters)
-            if norm is not None:
-                self.add_module(f"comb_iter_{b}_norm", norm)
-            self._ops.append((pair[0], pair[1], norm))
-            channels.append(2 * filters if block.combine == "concat" else filters)
+        self._ops = self._build_blocks(channels, ctx)
 
         # Output states that are not at the cell's resolution/width get TF-slim's
         # factorized reduction (stride 2 for states 0/1 of a reduction cell, else 1x1).
         self.output_states = genotype.output_states()
-        self.out_channels = 0
-        for s in self.output_states:
-            if s < 2 and reduction:
-                self.add_module(f"reduce_output_{s}", FactorizedReduction(channels[s], filters, ctx, 2))
-                self.out_channels += filters
-            elif s == 1 and channels[1] != filters and prev_mode == "none":
-                self.add_module(f"reduce_output_{s}", FactorizedReduction(channels[s], filters, ctx, 1))
-                self.out_channels += filters
-            else:
-                self.out_channels += channels[s]
+        reduced = output_reductions(genotype, channels, filters, reduction, prev_mode)
+        for s, stride in reduced.items():
+            self.add_module(f"reduce_output_{s}", FactorizedReduction(channels[s], filters, ctx, stride))
+        self.out_channels = sum(filters if s in reduced else channels[s] for s in self.output_states)
+
+    def _build_blocks(self, channels: list[int], ctx: OpContext) -> list:
+        """Add ``comb_iter_{b}_left/right`` (and ``_norm``) for every block; returns the triples."""
+        ops = []
+        for b, block in enumerate(self.genotype.blocks):
+            pair = []
+            for side, idx, op_name in (("left", block.input_a, block.op_a),
+                                       ("right", block.input_b, block.op_b)):
+                stride = 2 if (self.reduction and idx < 2) else 1
+                op = OPS[op_name](channels[idx], self.filters, stride, ctx)
+                self.add_module(f"comb_iter_{b}_{side}", op)
+                pair.append(op)
+            norm = make_combine_norm(block.combine, self.filters)
+            if norm is not None:
+                self.add_module(f"comb_iter_{b}_norm", norm)
+            ops.append((pair[0], pair[1], norm))
+        return ops
 
     def forward(self, cur: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
         """Run the cell on the current input and the previous-previous input."""

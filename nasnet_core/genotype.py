@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ops import COMBINERS, OP_NAMES
+from .ops import COMBINERS, OP_NAMES, PAPER_OPS
 
 __all__ = ["Block", "CellGenotype", "Genotype", "GenotypeError", "NASNET_A", "GENOTYPES",
            "get_genotype", "OUTPUT_RULES", "random_genotype"]
@@ -257,7 +257,7 @@ def validate(genotype: Genotype) -> None:
     _validate_cell("reduce", genotype.reduce)
 
 
-def random_genotype(rng, num_blocks: int = 5, ops=OP_NAMES, combiners=COMBINERS,
+def random_genotype(rng, num_blocks: int = 5, ops=PAPER_OPS, combiners=COMBINERS,
                     outputs=("unused",)) -> Genotype:
     """A uniformly random valid genotype (``rng`` is a ``random.Random``)."""
     def cell():

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .cell import Cell
 from .genotype import Genotype
-from .ops import OpContext, SameConv2d
+from .layers import SameConv2d
+from .ops import ConvNorm, FoldPair, OpContext
+from .plan import CellSpec, NetworkPlan, StemSpec, make_plan, reduction_layers
 
-__all__ = ["NASNet", "AuxHead", "reduction_layers", "CellSpec"]
-
-STEMS = ("imagenet", "cifar")
-
-
-def reduction_layers(num_cells: int, num_reductions: int = 2) -> list[int]:
-    """Indices of the normal cells that a reduction cell precedes (TF ``calc_reduction_layers``)."""
-    return [int(i / (num_reductions + 1) * num_cells) for i in range(1, num_reductions + 1)]
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    """Where a cell sits: its name, kind, the output it reads as 'prev', width and stride."""
-
-    name: str
-    kind: str  # "stem", "normal" or "reduction"
-    prev_offset: int | None  # prev = outputs[-prev_offset]; None -> no prev input
-    out_channels: int
-    stride: int
-    drop_path_index: int  # position in ScheduledDropPath's layer ratio
+__all__ = ["NASNet", "AuxHead", "CellSpec", "NetworkPlan", "reduction_layers"]
 
 
 class AuxHead(nn.Module):
@@ -62,6 +43,10 @@ class AuxHead(nn.Module):
         x = F.relu(self.bn1(self.conv(x)))
         return self.fc(torch.flatten(x, 1))
 
+    def fold_pairs(self) -> tuple[FoldPair, ...]:
+        """Each conv feeds its norm."""
+        return (FoldPair(self.proj, "bn0"), FoldPair(self.conv, "bn1"))
+
 
 class NASNet(nn.Module):
     """A NASNet: stem, 3 stages of ``num_cells // 3`` normal cells split by 2 reduction cells,
@@ -91,11 +76,10 @@ class NASNet(nn.Module):
         ctx: OpContext | None = None,
     ):
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
-        if num_cells < 3 or num_cells % 3:
-            raise ValueError(f"num_cells must be a positive multiple of 3 (3 stages), got {num_cells}")
         ctx = ctx or OpContext()
+        plan = make_plan(genotype, num_cells, num_conv_filters, stem, stem_multiplier, in_chans,
+                         skip_reduction_layer_input, filter_scaling_rate, num_classes, image_size)
+        self.plan: NetworkPlan = plan
         self.genotype = genotype
         self.num_cells = num_cells
         self.num_conv_filters = num_conv_filters
@@ -106,91 +90,26 @@ class NASNet(nn.Module):
         self.total_training_steps = total_training_steps
         self.training_step = 0
         self.ctx = ctx
+        self.cell_specs: tuple[CellSpec, ...] = plan.cells
+        self.stem_channels = plan.stem.channels
+        self.num_features = plan.head.in_channels
+        self.aux_after = plan.head.aux_after
 
-        specs: list[CellSpec] = []
-        # (channels, stride) of every output so far; index -1 is the current input.
-        outs: list[tuple[int, int]] = []
-
-        def add_cell(name, kind, prev_offset, filters, reduction):
-            if filters < 2:
-                raise ValueError(f"num_conv_filters={num_conv_filters} leaves {name} {filters} filter(s); "
-                                 "every cell needs at least 2 (ImageNet stem cells get 1/4 and 1/2)")
-            c_cur, s_cur = outs[-1]
-            if prev_offset is None or prev_offset > len(outs):
-                prev_offset, prev_mode, c_prev = None, "none", 0
-            else:
-                c_prev, s_prev = outs[-prev_offset]
-                prev_mode = "reduce" if s_prev < s_cur else "same"
-            g = genotype.reduce if reduction else genotype.normal
-            cell = Cell(g, c_cur, c_prev, filters, reduction, prev_mode, ctx)
-            self.add_module(name, cell)
-            stride = s_cur * (2 if reduction else 1)
-            specs.append(CellSpec(name, kind, prev_offset, cell.out_channels, stride, len(specs)))
-            outs.append((cell.out_channels, stride))
-
-        if stem == "imagenet":
-            c0 = int(32 * stem_multiplier)
-            self.conv0 = nn.Sequential()
-            self.conv0.add_module("conv", nn.Conv2d(in_chans, c0, 3, stride=2, bias=False))  # VALID
-            self.conv0.add_module("bn", ctx.norm_layer(c0))
-            outs.append((c0, 2))
-            self.stem_channels = c0
-            scaling = 1.0 / filter_scaling_rate ** 2
-            for i in range(2):  # two stem cells: NASNet reduction cells at 1/4 and 1/2 filters
-                add_cell(f"cell_stem_{i}", "stem", 2, int(num_conv_filters * scaling), True)
-                scaling *= filter_scaling_rate
-        else:
-            c0 = int(num_conv_filters * stem_multiplier)
-            self.conv0 = nn.Sequential()
-            self.conv0.add_module("conv", SameConv2d(in_chans, c0, 3))
-            self.conv0.add_module("bn", ctx.norm_layer(c0))
-            outs.append((c0, 1))
-            self.stem_channels = c0
-
-        reductions = reduction_layers(num_cells)
-        aux_index = reductions[1] - 1
-        scaling = 1.0
-        for i in range(num_cells):
-            after_reduction = False
-            if i in reductions:
-                scaling *= filter_scaling_rate
-                add_cell(f"reduction_cell_{reductions.index(i)}", "reduction", 2,
-                         int(num_conv_filters * scaling), True)
-                after_reduction = True
-            # With skip_reduction_layer_input the first cell after a reduction reads the
-            # reduction's own previous input (outputs[-3]) instead of the reduction's input.
-            offset = 3 if (after_reduction and skip_reduction_layer_input) else 2
-            add_cell(f"cell_{i}", "normal", offset, int(num_conv_filters * scaling), False)
-            if i == aux_index:
-                self.aux_after = f"cell_{i}"
-
-        self.cell_specs: tuple[CellSpec, ...] = tuple(specs)
-        self.num_features = specs[-1].out_channels
+        self.conv0 = _stem_conv(plan.stem, ctx)
+        for spec in plan.cells:
+            g = genotype.reduce if spec.reduction else genotype.normal
+            self.add_module(spec.name, Cell(g, spec.in_channels, spec.prev_channels, spec.filters,
+                                            spec.reduction, spec.prev_mode, ctx))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.last_linear = nn.Linear(self.num_features, num_classes)
+        head = plan.head
+        self.aux_head = AuxHead(head.aux_channels, num_classes, head.aux_map, ctx) if aux_head else None
 
-        aux_spec = next(s for s in specs if s.name == self.aux_after)
-        self.aux_head = (AuxHead(aux_spec.out_channels, num_classes,
-                                 _spatial_after(image_size, aux_spec.stride, stem), ctx)
-                         if aux_head else None)
-
-        self.feature_info = self._make_feature_info()
+        self.feature_info = plan.feature_info()
         self._init_weights()
         self.set_training_step(0)
 
     # ------------------------------------------------------------------ build
-    def _make_feature_info(self):
-        stem_stride = 2 if self.stem_type == "imagenet" else 1
-        info = [dict(name="stem", channels=self.stem_channels, stride=stem_stride, module="conv0")]
-        n = self.num_cells // 3
-        last_normal = {f"cell_{n - 1}": "stage1", f"cell_{2 * n - 1}": "stage2",
-                       f"cell_{3 * n - 1}": "stage3"}
-        for s in self.cell_specs:
-            if s.kind in ("stem", "reduction") or s.name in last_normal:
-                info.append(dict(name=last_normal.get(s.name, s.name), channels=s.out_channels,
-                                 stride=s.stride, module=s.name))
-        return info
-
     def _init_weights(self):
         # TF-slim nasnet_arg_scope: variance scaling (factor 2, FAN_OUT) for convs and FC.
         for m in self.modules():
@@ -262,21 +181,13 @@ class NASNet(nn.Module):
 
     def cell_index(self, name: str) -> int:
         """Position of the cell called ``name`` in ``cell_specs``."""
-        for i, s in enumerate(self.cell_specs):
-            if s.name == name:
-                return i
-        raise KeyError(f"no cell {name!r}; cells: {', '.join(s.name for s in self.cell_specs)}")
+        return self.plan.index(name)
 
 
-def _spatial_after(image_size: int, stride: int, stem: str) -> int:
-    """Feature-map size at ``stride`` for a square input, following the stem's VALID conv."""
-    size = image_size
-    if stem == "imagenet":
-        size = (size - 3) // 2 + 1  # VALID 3x3 stride-2 conv0
-        s = 2
+def _stem_conv(stem: StemSpec, ctx: OpContext) -> ConvNorm:
+    """``conv0``: VALID 3x3 stride-2 conv (ImageNet) or SAME 3x3 conv (CIFAR), then norm."""
+    if stem.kind == "imagenet":
+        conv = nn.Conv2d(stem.in_channels, stem.channels, 3, stride=2, bias=False)  # VALID
     else:
-        s = 1
-    while s < stride:
-        size = -(-size // 2)  # SAME stride 2
-        s *= 2
-    return size
+        conv = SameConv2d(stem.in_channels, stem.channels, 3)
+    return ConvNorm(conv, ctx.norm_layer(stem.channels))

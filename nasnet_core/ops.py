@@ -1,87 +1,57 @@
-"""The NASNet search space: one op table, the combiners, and the layers they use.
+"""The NASNet search space: one op table, the paper's op names, the combiners, and the ops.
 
-Every op is built by ``OPS[name](c_in, c_out, stride, ctx)`` and follows the
-reference conventions (paper appendix A.4, TF-slim ``nasnet_utils``): each conv
-is ReLU -> conv -> norm, separable convs are applied twice (stride on the first
-only), pools get a 1x1 conv + norm when channels change, and stride-2 layers use
-TensorFlow "SAME" padding, which is asymmetric on even inputs (extra pad at the
-bottom/right) -- the ported ImageNet weights depend on it.
+Every op is built by ``OPS[name](c_in, c_out, stride, ctx)`` and follows TF-slim's
+``nasnet_utils`` (paper appendix A.4): each conv is ReLU -> conv -> norm, separable
+convs are applied twice (stride on the first only), pools get a 1x1 conv + norm when
+channels change, and convs and pools use TF "SAME" padding (``layers``).
+
+Each op lists the conv/norm pairs that ``fuse_bn`` may fold (``fold_pairs``); an op
+whose BatchNorm is not listed makes ``fuse_bn`` raise instead of skipping it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import (
+    NORMS,
+    PAD_MODES,
+    FrozenBatchNorm2d,
+    SameConv2d,
+    SamePool2d,
+    drop_path,
+    make_norm,
+    same_padding,
+)
+
 __all__ = [
-    "OPS",
-    "OP_NAMES",
     "COMBINERS",
-    "PAD_MODES",
-    "NORMS",
+    "ConvNorm",
+    "FactorizedReduction",
+    "FoldPair",
+    "Identity",
+    "OP_NAMES",
+    "OPS",
+    "Op",
     "OpContext",
-    "make_norm",
-    "same_padding",
+    "PAPER_OPS",
+    "ReLUConvBN",
+    "make_combine_norm",
+    # Re-exported from ``layers`` (the import path older code uses):
+    "FrozenBatchNorm2d",
+    "NORMS",
+    "PAD_MODES",
     "SameConv2d",
     "SamePool2d",
-    "ReLUConvBN",
-    "FactorizedReduction",
     "drop_path",
-    "FrozenBatchNorm2d",
+    "make_norm",
+    "same_padding",
 ]
-
-PAD_MODES = ("tf", "timm")
-"""``tf``: TF "SAME" semantics (avg pools never count padding; also what Cadene's
-ports compute). ``timm``: as timm's ``nasnetalarge``, whose stride-2 "same" avg
-pools count the zero padding in the average."""
-
-
-# ----------------------------------------------------------------------------
-# Norm layers chosen by name
-# ----------------------------------------------------------------------------
-class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm with fixed affine parameters and statistics (buffers only)."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5):
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the frozen affine normalisation."""
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
-
-
-def _group_norm(channels: int, eps: float, momentum: float) -> nn.Module:
-    return nn.GroupNorm(math.gcd(channels, 32), channels, eps=eps)
-
-
-NORMS = {
-    "BN": lambda c, eps, momentum: nn.BatchNorm2d(c, eps=eps, momentum=momentum),
-    "SyncBN": lambda c, eps, momentum: nn.SyncBatchNorm(c, eps=eps, momentum=momentum),
-    "FrozenBN": lambda c, eps, momentum: FrozenBatchNorm2d(c, eps=eps),
-    "GN": _group_norm,
-}
-
-
-def make_norm(name: str, channels: int, eps: float = 1e-3, momentum: float = 0.0003) -> nn.Module:
-    """Build the norm layer called ``name`` (BN, SyncBN, FrozenBN, GN) for ``channels``."""
-    try:
-        factory = NORMS[name]
-    except KeyError:
-        raise ValueError(f"unknown norm {name!r}; known norms: {', '.join(NORMS)}") from None
-    return factory(channels, eps, momentum)
 
 
 @dataclass(frozen=True)
@@ -99,86 +69,36 @@ class OpContext:
 
 
 # ----------------------------------------------------------------------------
-# TF "SAME" padding
-# ----------------------------------------------------------------------------
-@lru_cache(maxsize=4096)
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TF "SAME" padding (before, after) of one spatial dim; extra pad goes after."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding, computed from the input size.
-
-    Symmetric cases use the conv's own padding (no copy); asymmetric ones (stride 2
-    on even inputs) pad explicitly, as TF does, with the extra row/col at the end.
-    """
-
-    def __init__(self, c_in, c_out, kernel_size, stride=1, dilation=1, groups=1, bias=False):
-        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=0, dilation=dilation,
-                         groups=groups, bias=bias)
-        self._static = all(s == 1 for s in self.stride)  # stride 1: padding never depends on size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Convolve ``x`` with SAME padding."""
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        ph = same_padding(x.shape[-2], kh, sh, dh)
-        pw = same_padding(x.shape[-1], kw, sw, dw)
-        if ph[0] == ph[1] and pw[0] == pw[1]:
-            return F.conv2d(x, self.weight, self.bias, self.stride, (ph[0], pw[0]), self.dilation,
-                            self.groups)
-        x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-@lru_cache(maxsize=256)
-def _avg_divisor(h: int, w: int, k: int, s: int, pads: tuple[int, int, int, int],
-                 device: str, dtype: torch.dtype) -> torch.Tensor:
-    ones = F.pad(torch.ones(1, 1, h, w, dtype=dtype, device=device), pads)
-    return F.avg_pool2d(ones, k, s, 0)
-
-
-class SamePool2d(nn.Module):
-    """k x k max or average pooling with TF "SAME" padding (no parameters)."""
-
-    def __init__(self, kind: str, kernel: int, stride: int, pad_mode: str = "tf"):
-        super().__init__()
-        if kind not in ("max", "avg"):
-            raise ValueError(f"unknown pool kind {kind!r}; known: max, avg")
-        self.kind, self.kernel, self.stride, self.pad_mode = kind, kernel, stride, pad_mode
-
-    def extra_repr(self) -> str:
-        return f"{self.kind}, kernel={self.kernel}, stride={self.stride}, pad_mode={self.pad_mode}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pool ``x`` with SAME padding."""
-        k, s = self.kernel, self.stride
-        h, w = x.shape[-2:]
-        ph, pw = same_padding(h, k, s), same_padding(w, k, s)
-        symmetric = ph[0] == ph[1] and pw[0] == pw[1] and ph[0] <= k // 2 and pw[0] <= k // 2
-        if self.kind == "max":
-            if symmetric:
-                return F.max_pool2d(x, k, s, (ph[0], pw[0]))
-            return F.max_pool2d(F.pad(x, (pw[0], pw[1], ph[0], ph[1]), value=float("-inf")), k, s)
-        # timm's dynamic-"same" avg pool (stride > 1) pads zeros that then count in the mean.
-        count_pad = self.pad_mode == "timm" and s > 1
-        if symmetric:
-            return F.avg_pool2d(x, k, s, (ph[0], pw[0]), count_include_pad=count_pad)
-        pads = (pw[0], pw[1], ph[0], ph[1])
-        out = F.avg_pool2d(F.pad(x, pads), k, s, 0)
-        if count_pad:
-            return out
-        # TF excludes padding from the count: rescale by the fraction of real pixels.
-        return out / _avg_divisor(h, w, k, s, pads, str(x.device), x.dtype)
-
-
-# ----------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------
+class FoldPair(NamedTuple):
+    """A conv whose output feeds the norm called ``norm`` (an attribute of the declaring
+    module) directly, as that norm's channels ``[start, start + conv.out_channels)``."""
+
+    conv: nn.Conv2d
+    norm: str
+    start: int = 0
+
+
+class ConvNorm(nn.Sequential):
+    """conv -> norm, named ``conv``/``bn`` (the network's stem conv ``conv0``)."""
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.Module):
+        super().__init__()
+        self.add_module("conv", conv)
+        self.add_module("bn", norm)
+
+    def fold_pairs(self) -> tuple[FoldPair, ...]:
+        """The conv feeds the norm."""
+        return (FoldPair(self.conv, "bn"),)
+
+
 class Op(nn.Module):
-    """Base of every op: ``pre_act`` ops start with a ReLU that the cell may share."""
+    """Base of every op: ``pre_act`` ops start with a ReLU that the cell may share.
+
+    ``fold_pairs`` lists the op's own conv/norm pairs; the default lists none, so an op
+    that holds a BatchNorm must override it (``fuse_bn`` raises on an unlisted one).
+    """
 
     pre_act = True
 
@@ -190,9 +110,13 @@ class Op(nn.Module):
         """Apply the op to an input that has already been through ReLU when ``pre_act``."""
         raise NotImplementedError
 
+    def fold_pairs(self) -> tuple[FoldPair, ...]:
+        """The op's conv/norm pairs that ``fuse_bn`` folds (none by default)."""
+        return ()
+
 
 class ReLUConvBN(Op):
-    """ReLU -> k x k conv (SAME) -> norm; named ``conv``/``bn`` like the reference ports."""
+    """ReLU -> k x k conv (SAME) -> norm; named ``conv``/``bn`` as in the timm and Cadene ports."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, ctx: OpContext, dilation=1):
         super().__init__()
@@ -201,6 +125,10 @@ class ReLUConvBN(Op):
 
     def forward_act(self, x):
         return self.bn(self.conv(x))
+
+    def fold_pairs(self) -> tuple[FoldPair, ...]:
+        """The conv feeds the norm."""
+        return (FoldPair(self.conv, "bn"),)
 
 
 class FactorizedConv(Op):
@@ -214,6 +142,10 @@ class FactorizedConv(Op):
 
     def forward_act(self, x):
         return self.bn(self.conv_kx1(self.conv_1xk(x)))
+
+    def fold_pairs(self) -> tuple[FoldPair, ...]:
+        """The k x 1 conv feeds the norm."""
+        return (FoldPair(self.conv_kx1, "bn"),)
 
 
 class SeparableConv2d(nn.Module):
@@ -243,6 +175,11 @@ class StackedSeparable(Op):
         x = self.bn_sep_1(self.separable_1(x))
         return self.bn_sep_2(self.separable_2(F.relu(x)))
 
+    def fold_pairs(self) -> tuple[FoldPair, ...]:
+        """Each pointwise conv feeds its norm."""
+        return (FoldPair(self.separable_1.pointwise_conv2d, "bn_sep_1"),
+                FoldPair(self.separable_2.pointwise_conv2d, "bn_sep_2"))
+
 
 class Pool(Op):
     """SAME pooling; a 1x1 conv -> norm (no ReLU) follows when channels change."""
@@ -262,9 +199,16 @@ class Pool(Op):
         x = self.pool(x)
         return x if self.conv is None else self.bn(self.conv(x))
 
+    def fold_pairs(self) -> tuple[FoldPair, ...]:
+        """The projection conv feeds the norm (none without a projection)."""
+        return () if self.conv is None else (FoldPair(self.conv, "bn"),)
+
 
 class Identity(Op):
-    """Plain identity; ReLU -> strided 1x1 conv -> norm when stride > 1 or channels change."""
+    """Plain identity; ReLU -> strided 1x1 conv -> norm when stride > 1 or channels change.
+
+    No fold pairs of its own: the projection, a ReLUConvBN, lists its pair.
+    """
 
     pre_act = False
 
@@ -297,9 +241,18 @@ OPS = {
     "sep_conv_5x5": lambda c_in, c_out, stride, ctx: StackedSeparable(c_in, c_out, 5, stride, ctx),
     "sep_conv_7x7": lambda c_in, c_out, stride, ctx: StackedSeparable(c_in, c_out, 7, stride, ctx),
 }
-"""The 13 ops of the paper's search space (section 3): name -> (c_in, c_out, stride, ctx) -> Op."""
+"""The op table: name -> (c_in, c_out, stride, ctx) -> Op. Genotypes may use any op listed here."""
 
 OP_NAMES = tuple(OPS)
+"""Every op of the table (what a genotype may name)."""
+
+PAPER_OPS = (
+    "identity", "conv_1x3_3x1", "conv_1x7_7x1", "dil_conv_3x3", "avg_pool_3x3", "max_pool_3x3",
+    "max_pool_5x5", "max_pool_7x7", "conv_1x1", "conv_3x3", "sep_conv_3x3", "sep_conv_5x5",
+    "sep_conv_7x7",
+)
+"""The 13 ops of the paper's search space (section 3): the search spaces' default op set, so an
+op added to ``OPS`` joins a search only when a space names it."""
 
 COMBINERS = ("add", "concat", "add_layernorm", "add_instancenorm")
 """How a block merges its two op outputs: A uses ``add``; ``concat`` joins channels;
@@ -336,7 +289,7 @@ class FactorizedReduction(nn.Module):
         self.bn = ctx.norm_layer(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Reduce ``x`` (already ReLU'd by the caller where the reference does)."""
+        """Reduce ``x`` (the caller applies the ReLU where TF-slim does)."""
         if self.path_2 is None:
             return self.bn(self.path_1(x))
         s = self.stride
@@ -344,13 +297,8 @@ class FactorizedReduction(nn.Module):
         p2 = self.path_2(F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))[:, :, ::s, ::s])
         return self.bn(torch.cat([p1, p2], 1))
 
-
-def drop_path(x: torch.Tensor, keep_prob: float) -> torch.Tensor:
-    """Zero whole samples with probability 1 - keep_prob; scale survivors by 1/keep_prob.
-
-    The 1/keep scaling keeps the expected activation unchanged (TF-slim ``drop_path``).
-    """
-    if keep_prob >= 1.0:
-        return x
-    mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
-    return x * (mask / keep_prob)
+    def fold_pairs(self) -> tuple[FoldPair, ...]:
+        """Each path's conv feeds its slice of the norm's channels."""
+        if self.path_2 is None:
+            return (FoldPair(self.path_1, "bn"),)
+        return (FoldPair(self.path_1, "bn"), FoldPair(self.path_2, "bn", self.path_1.out_channels))

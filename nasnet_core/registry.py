@@ -6,8 +6,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .genotype import get_genotype
+from .layers import PAD_MODES
 from .network import NASNet
-from .ops import PAD_MODES, OpContext
+from .ops import OpContext
 
 __all__ = ["ModelConfig", "MODELS", "create_model", "list_models", "register_model", "get_config"]
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..genotype import Block, CellGenotype, Genotype
-from ..ops import COMBINERS, OP_NAMES
+from ..ops import COMBINERS, OP_NAMES, PAPER_OPS
 
 __all__ = ["DecisionSpace", "NASNetSpace", "SpaceError", "SPACE_VARIANTS", "make_space"]
 
@@ -68,7 +68,7 @@ class NASNetSpace(DecisionSpace):
     """The NASNet cell space: B blocks per cell, normal then reduction, 5 decisions per block."""
 
     num_blocks: int = 5
-    ops: tuple[str, ...] = OP_NAMES
+    ops: tuple[str, ...] = PAPER_OPS  # the paper's 13; any op of the table may be named
     combiners: tuple[str, ...] = ("add", "concat")
     output: str = "unused"
     choices: tuple[int, ...] = field(default=(), init=False)
