@@ -10,7 +10,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from .model import build_nasnet, freeze, trim
 
 __all__ = ["NASNetBackbone", "build_nasnet_c4_backbone", "build_nasnet_fpn_backbone",
-           "C4_FEATURE", "FPN_BOTTOM_UP"]
+           "C4_FEATURE", "FPN_BOTTOM_UP", "c4_split"]
 
 C4_FEATURE = "nasnet16"
 """Name of the C4 backbone's one output: concat of the last two stride-16 cell outputs."""
@@ -41,12 +41,10 @@ class NASNetBackbone(Backbone):
             self._shapes = {C4_FEATURE: ShapeSpec(channels=a.out_channels + b.out_channels,
                                                   stride=b.stride)}
         else:
-            last = {}
-            for i, s in enumerate(specs):
-                last[s.stride] = (i, s)
-            self._taps = {FPN_BOTTOM_UP[st]: i for st, (i, _) in last.items() if st in FPN_BOTTOM_UP}
-            self._shapes = {FPN_BOTTOM_UP[st]: ShapeSpec(channels=s.out_channels, stride=st)
-                            for st, (_, s) in last.items() if st in FPN_BOTTOM_UP}
+            last = {st: i for st, i in nasnet.plan.last_per_stride(end).items() if st in FPN_BOTTOM_UP}
+            self._taps = {FPN_BOTTOM_UP[st]: i for st, i in last.items()}
+            self._shapes = {FPN_BOTTOM_UP[st]: ShapeSpec(channels=specs[i].out_channels, stride=st)
+                            for st, i in last.items()}
         self._out_features = list(self._shapes)
 
     @property
@@ -72,8 +70,8 @@ class NASNetBackbone(Backbone):
 
 
 def c4_split(nasnet) -> int:
-    """Number of cells the C4 backbone runs: everything before ``reduction_cell_1``."""
-    return nasnet.cell_index("reduction_cell_1")
+    """Number of cells the C4 backbone runs: everything before stage 3 (``reduction_cell_1``)."""
+    return nasnet.plan.stage_start(3)
 
 
 @BACKBONE_REGISTRY.register()

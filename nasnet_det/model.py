@@ -12,18 +12,18 @@ from detectron2.layers import FrozenBatchNorm2d
 import nasnet_core as nc
 from nasnet_core.network import NASNet
 
-__all__ = ["build_nasnet", "trim", "stage_of", "freeze", "NORMS"]
-
-# MODEL.NASNET.NORM -> (norm nasnet_core builds, convert to detectron2 FrozenBN afterwards)
-NORMS = {"BN": ("BN", False), "SyncBN": ("SyncBN", False), "FrozenBN": ("BN", True), "GN": ("GN", False)}
+__all__ = ["build_nasnet", "trim", "stage_of", "freeze"]
 
 
 def build_nasnet(cfg) -> NASNet:
     """The full nasnet_core network ``MODEL.NASNET`` describes (no aux head)."""
     n = cfg.MODEL.NASNET
-    if n.NORM not in NORMS:
-        raise ValueError(f"unknown MODEL.NASNET.NORM {n.NORM!r}; known: {', '.join(NORMS)}")
-    over = dict(aux_head=False, norm=NORMS[n.NORM][0], pad_mode=n.PAD_MODE,
+    if n.NORM not in nc.NORMS:  # the names of nasnet_core's norm table
+        raise ValueError(f"unknown MODEL.NASNET.NORM {n.NORM!r}; known: {', '.join(nc.NORMS)}")
+    # FrozenBN is built as BN, then converted to Detectron2's FrozenBatchNorm2d, the class
+    # its checkpoint loading and FREEZE_AT conversion handle.
+    norm = "BN" if n.NORM == "FrozenBN" else n.NORM
+    over = dict(aux_head=False, norm=norm, pad_mode=n.PAD_MODE,
                 drop_path_keep_prob=float(n.DROP_PATH_KEEP_PROB),
                 total_training_steps=max(int(cfg.SOLVER.MAX_ITER), 1))
     optional = {"genotype": (n.GENOTYPE, ""), "N": (n.N, 0), "F": (n.F, 0),
@@ -34,23 +34,15 @@ def build_nasnet(cfg) -> NASNet:
         if value != unset:
             over[key] = bool(value) if key == "skip_reduction_layer_input" else value
     model = nc.create_model(n.ARCH, **over)
-    if cfg.MODEL.NASNET.NORM == "FrozenBN":
+    if n.NORM == "FrozenBN":
         FrozenBatchNorm2d.convert_frozen_batchnorm(model)
     return model
 
 
 def stage_of(model: NASNet) -> dict[str, int]:
     """FREEZE_AT stage of every module: conv0 1, stem cells 2, stage 1 3, reduction 0 + stage 2 4,
-    reduction 1 + stage 3 5."""
-    stages = {"conv0": 1}
-    stage = 2
-    for spec in model.cell_specs:
-        if spec.kind == "reduction":
-            stage += 1
-        elif spec.kind == "normal" and stage == 2:
-            stage = 3
-        stages[spec.name] = stage
-    return stages
+    reduction 1 + stage 3 5 (the plan's cell stage + 2)."""
+    return {model.plan.stem.module: 1, **{s.name: s.stage + 2 for s in model.plan.cells}}
 
 
 def trim(model: NASNet, keep: set[str]) -> NASNet:

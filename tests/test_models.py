@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 
 import nasnet_core as nc
 from nasnet_core.genotype import random_genotype
+from nasnet_core.layers import FrozenBatchNorm2d
 from nasnet_core.network import reduction_layers
 
 
@@ -33,15 +35,20 @@ def test_parameter_counts_and_mult_adds(name):
         assert abs(c["mult_adds"] - paper_madds) / paper_madds < 0.01
 
 
-def test_cifar_6_768_within_2_percent_of_paper():
-    assert abs(GOLDEN["nasnet_a_cifar"][0] - 3.3e6) / 3.3e6 < 0.02
+@pytest.mark.parametrize("name", ["nasnet_a_cifar", "nasnet_a_mobile", "nasnet_a_large"])
+def test_built_models_are_within_2_percent_of_the_papers_parameter_count(name):
+    # Paper Table 1 (CIFAR 6 @ 768: 3.3 M) and Table 2 (mobile 5.3 M, large 88.9 M).
+    model = nc.create_model(name, aux_head=False)
+    paper = model.default_cfg.paper["params"]
+    assert abs(n_params(model) - paper) / paper < 0.02
 
 
-def test_aux_head_parameters_follow_the_reference_layout():
+def test_aux_head_parameters_follow_the_tf_slim_layout():
     # after cell_11 (2016 ch, 21x21 at 331): pool 5/3 -> 6x6; 1x1 128 + BN; 6x6 conv 768 + BN; FC
-    with_aux = n_params(nc.create_model("nasnet_a_large"))
+    model = nc.create_model("nasnet_a_large")
     expected = 2016 * 128 + 2 * 128 + 128 * 768 * 36 + 2 * 768 + 768 * 1000 + 1000
-    assert with_aux - GOLDEN["nasnet_a_large"][0] == expected
+    assert model.aux_after == "cell_11" and n_params(model.aux_head) == expected
+    assert n_params(model) - n_params(model.aux_head) == GOLDEN["nasnet_a_large"][0]
 
 
 def test_reduction_positions():
@@ -138,13 +145,39 @@ def test_unknown_names_list_the_known_ones():
         nc.create_model("nasnet_a_mobile", norm="XN")
 
 
-@pytest.mark.parametrize("norm", ["BN", "GN", "FrozenBN", "SyncBN"])
-def test_norm_is_chosen_by_name(norm):
+@pytest.mark.parametrize("norm,cls", [("BN", torch.nn.BatchNorm2d), ("GN", torch.nn.GroupNorm),
+                                      ("FrozenBN", FrozenBatchNorm2d), ("SyncBN", torch.nn.SyncBatchNorm)])
+def test_norm_is_chosen_by_name(norm, cls):
     model = nc.create_model("nasnet_a_cifar", N=1, F=48, norm=norm, aux_head=False)
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10) if norm != "SyncBN" else True
-    if norm == "SyncBN":
-        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
-        assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    bn_model = nc.create_model("nasnet_a_cifar", N=1, F=48, aux_head=False)
+    # every norm of the ops, cells and stem is of the chosen kind, where BN puts a BatchNorm2d
+    kinds = {n: type(m) for n, m in model.named_modules()}
+    bn_names = [n for n, m in bn_model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bn_names) > 20 and all(kinds[n] is cls for n in bn_names)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_syncbn_model_computes_what_the_bn_model_computes():
+    """One process (no process group): SyncBN normalises with the local batch, as BN does;
+    in eval both use the running statistics."""
+    from conftest import randomize_bn
+
+    bn = nc.create_model("nasnet_a_cifar", N=1, F=48, aux_head=False)
+    randomize_bn(bn)
+    sync = nc.create_model("nasnet_a_cifar", N=1, F=48, aux_head=False, norm="SyncBN")
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in sync.modules())
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules()) == \
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules())
+    sync.load_state_dict(bn.state_dict())  # same names and shapes
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(sync.eval()(x), bn.eval()(x))
+        torch.testing.assert_close(sync.train()(x), bn.train()(x))  # batch statistics
+    # the training forward moved the running statistics the same way (momentum 0.1 for CIFAR)
+    for (name, a), b in zip(sync.state_dict().items(), bn.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert sync.cell_0.conv_1x1.bn.momentum == bn.cell_0.conv_1x1.bn.momentum == 0.1
+    assert sync.cell_0.conv_1x1.bn.eps == bn.cell_0.conv_1x1.bn.eps == 1e-5
 
 
 def test_scheduled_drop_path_follows_the_formula():
@@ -207,3 +240,37 @@ def test_fuse_bn_keeps_the_logits(name, size, seed):
         out = fused(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_the_plan_is_data_computed_without_modules_and_matches_the_built_cells():
+    model = nc.create_model("nasnet_a_large", aux_head=False)
+    plan = nc.make_plan(nc.NASNET_A, num_cells=18, num_conv_filters=168, stem="imagenet",
+                        skip_reduction_layer_input=True, image_size=331)
+    assert plan == model.plan and model.cell_specs is model.plan.cells
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.cells[0].stage = 3
+    for spec in plan.cells:
+        cell = getattr(model, spec.name)
+        assert cell.out_channels == spec.out_channels and cell.filters == spec.filters, spec.name
+        assert cell.reduction == spec.reduction and cell.prev_mode == spec.prev_mode, spec.name
+    stages = {s.name: s.stage for s in plan.cells}
+    assert stages == {"cell_stem_0": 0, "cell_stem_1": 0, **{f"cell_{i}": 1 for i in range(6)},
+                      "reduction_cell_0": 2, **{f"cell_{i}": 2 for i in range(6, 12)},
+                      "reduction_cell_1": 3, **{f"cell_{i}": 3 for i in range(12, 18)}}
+    assert plan.stage_start(3) == plan.index("reduction_cell_1") == 15
+    assert plan.last_per_stride() == {4: 0, 8: 7, 16: 14, 32: 21}
+    assert plan.last_per_stride(15) == {4: 0, 8: 7, 16: 14}
+    assert (plan.stem.channels, plan.stem.stride, plan.head.in_channels) == (96, 2, 4032)
+    assert (plan.head.aux_after, plan.head.aux_channels, plan.head.aux_map) == ("cell_11", 2016, 21)
+
+
+def test_cifar_plan_has_no_stem_cells_and_feature_info_names_each_stage():
+    plan = nc.create_model("nasnet_a_cifar", N=2, F=96, aux_head=False).plan
+    assert [(s.name, s.stage, s.stride) for s in plan.cells] == [
+        ("cell_0", 1, 1), ("cell_1", 1, 1), ("reduction_cell_0", 2, 2), ("cell_2", 2, 2),
+        ("cell_3", 2, 2), ("reduction_cell_1", 3, 4), ("cell_4", 3, 4), ("cell_5", 3, 4)]
+    assert [(f["name"], f["module"], f["stride"]) for f in plan.feature_info()] == [
+        ("stem", "conv0", 1), ("stage1", "cell_1", 1), ("reduction_cell_0", "reduction_cell_0", 2),
+        ("stage2", "cell_3", 2), ("reduction_cell_1", "reduction_cell_1", 4), ("stage3", "cell_5", 4)]
+    with pytest.raises(KeyError, match="no cell in stage 0; stages: \\[1, 2, 3\\]"):
+        plan.stage_start(0)
