@@ -162,9 +162,10 @@ def test_syncbn_model_computes_what_the_bn_model_computes():
     in eval both use the running statistics."""
     from conftest import randomize_bn
 
-    bn = nc.create_model("nasnet_a_cifar", N=1, F=48, aux_head=False)
+    kw = dict(N=1, F=48, aux_head=False, bn_eps=1e-4, bn_momentum=0.05)  # not torch's defaults
+    bn = nc.create_model("nasnet_a_cifar", **kw)
     randomize_bn(bn)
-    sync = nc.create_model("nasnet_a_cifar", N=1, F=48, aux_head=False, norm="SyncBN")
+    sync = nc.create_model("nasnet_a_cifar", norm="SyncBN", **kw)
     assert not any(type(m) is torch.nn.BatchNorm2d for m in sync.modules())
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules()) == \
         sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules())
@@ -173,11 +174,11 @@ def test_syncbn_model_computes_what_the_bn_model_computes():
     with torch.no_grad():
         torch.testing.assert_close(sync.eval()(x), bn.eval()(x))
         torch.testing.assert_close(sync.train()(x), bn.train()(x))  # batch statistics
-    # the training forward moved the running statistics the same way (momentum 0.1 for CIFAR)
+    # the training forward moved the running statistics the same way
     for (name, a), b in zip(sync.state_dict().items(), bn.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
-    assert sync.cell_0.conv_1x1.bn.momentum == bn.cell_0.conv_1x1.bn.momentum == 0.1
-    assert sync.cell_0.conv_1x1.bn.eps == bn.cell_0.conv_1x1.bn.eps == 1e-5
+    assert sync.cell_0.conv_1x1.bn.momentum == bn.cell_0.conv_1x1.bn.momentum == 0.05
+    assert sync.cell_0.conv_1x1.bn.eps == bn.cell_0.conv_1x1.bn.eps == 1e-4
 
 
 def test_scheduled_drop_path_follows_the_formula():
