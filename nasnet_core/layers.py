@@ -14,17 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "BN_TYPES",
-    "FrozenBatchNorm2d",
-    "NORMS",
-    "PAD_MODES",
-    "SameConv2d",
-    "SamePool2d",
-    "drop_path",
-    "make_norm",
-    "same_padding",
-]
+__all__ = ["BN_TYPES", "FrozenBatchNorm2d", "NORMS", "PAD_MODES", "SameConv2d", "SamePool2d", "drop_path",
+           "make_norm", "same_padding"]
 
 PAD_MODES = ("tf", "timm")
 """``tf``: TF "SAME" semantics (avg pools never count padding; also what Cadene's

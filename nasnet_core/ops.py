@@ -18,40 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (
-    NORMS,
-    PAD_MODES,
-    FrozenBatchNorm2d,
-    SameConv2d,
-    SamePool2d,
-    drop_path,
-    make_norm,
-    same_padding,
-)
+from .layers import SameConv2d, SamePool2d, make_norm
 
-__all__ = [
-    "COMBINERS",
-    "ConvNorm",
-    "FactorizedReduction",
-    "FoldPair",
-    "Identity",
-    "OP_NAMES",
-    "OPS",
-    "Op",
-    "OpContext",
-    "PAPER_OPS",
-    "ReLUConvBN",
-    "make_combine_norm",
-    # Re-exported from ``layers`` (the import path older code uses):
-    "FrozenBatchNorm2d",
-    "NORMS",
-    "PAD_MODES",
-    "SameConv2d",
-    "SamePool2d",
-    "drop_path",
-    "make_norm",
-    "same_padding",
-]
+__all__ = ["COMBINERS", "ConvNorm", "FactorizedReduction", "FoldPair", "Identity", "OP_NAMES", "OPS", "Op",
+           "OpContext", "PAPER_OPS", "ReLUConvBN", "make_combine_norm"]
 
 
 @dataclass(frozen=True)

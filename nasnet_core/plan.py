@@ -83,17 +83,17 @@ class NetworkPlan:
 
     def index(self, name: str) -> int:
         """Position of the cell called ``name``."""
-        for i, s in enumerate(self.cells):
-            if s.name == name:
-                return i
-        raise KeyError(f"no cell {name!r}; cells: {', '.join(s.name for s in self.cells)}")
+        found = [i for i, s in enumerate(self.cells) if s.name == name]
+        if not found:
+            raise KeyError(f"no cell {name!r}; cells: {', '.join(s.name for s in self.cells)}")
+        return found[0]
 
     def stage_start(self, stage: int) -> int:
         """Position of the first cell of ``stage`` (for stage 3: ``reduction_cell_1``)."""
-        for i, s in enumerate(self.cells):
-            if s.stage == stage:
-                return i
-        raise KeyError(f"no cell in stage {stage}; stages: {sorted({s.stage for s in self.cells})}")
+        stages = [s.stage for s in self.cells]
+        if stage not in stages:
+            raise KeyError(f"no cell in stage {stage}; stages: {sorted(set(stages))}")
+        return stages.index(stage)
 
     def last_per_stride(self, end: int | None = None) -> dict[int, int]:
         """Stride -> position of the last cell at that stride among ``cells[:end]``."""

@@ -129,6 +129,12 @@ def filters_for_width(genotype, width: int) -> int:
     return width // multiple
 
 
+_NETWORK_ARGS = ("num_cells", "num_conv_filters", "stem", "stem_multiplier", "num_classes", "in_chans",
+                 "skip_reduction_layer_input", "aux_head", "image_size", "drop_path_keep_prob",
+                 "total_training_steps", "dropout")
+"""ModelConfig fields passed to ``NASNet`` under the same name."""
+
+
 def create_model(name: str, **overrides) -> NASNet:
     """Build a registered model; overrides may set any ModelConfig field, or N and F.
 
@@ -139,22 +145,7 @@ def create_model(name: str, **overrides) -> NASNet:
         raise ValueError(f"unknown pad_mode {cfg.pad_mode!r}; known: {', '.join(PAD_MODES)}")
     ctx = OpContext(norm=cfg.norm, bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum,
                     pad_mode=cfg.pad_mode)
-    model = NASNet(
-        get_genotype(cfg.genotype),
-        num_cells=cfg.num_cells,
-        num_conv_filters=cfg.num_conv_filters,
-        stem=cfg.stem,
-        stem_multiplier=cfg.stem_multiplier,
-        num_classes=cfg.num_classes,
-        in_chans=cfg.in_chans,
-        skip_reduction_layer_input=cfg.skip_reduction_layer_input,
-        aux_head=cfg.aux_head,
-        image_size=cfg.image_size,
-        drop_path_keep_prob=cfg.drop_path_keep_prob,
-        total_training_steps=cfg.total_training_steps,
-        dropout=cfg.dropout,
-        ctx=ctx,
-    )
+    model = NASNet(get_genotype(cfg.genotype), ctx=ctx, **{k: getattr(cfg, k) for k in _NETWORK_ARGS})
     model.default_cfg = cfg
     model.arch = name
     return model

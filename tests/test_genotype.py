@@ -13,7 +13,7 @@ def random_genotype(rng, num_blocks=5):
     return _random_genotype(rng, num_blocks, outputs=("unused", "all", (0, num_blocks + 1)))
 
 
-def test_nasnet_a_matches_the_reference_tables():
+def test_nasnet_a_matches_tf_slims_cells():
     n = NASNET_A.normal
     assert [(b.input_a, b.op_a, b.input_b, b.op_b) for b in n.blocks] == [
         (0, "sep_conv_5x5", 1, "sep_conv_3x3"), (1, "sep_conv_5x5", 1, "sep_conv_3x3"),

@@ -11,22 +11,8 @@ from torch import nn
 
 import nasnet_core as nc
 from nasnet_core.genotype import random_genotype
-from nasnet_core.layers import (
-    SameConv2d,
-    SamePool2d,
-    drop_path,
-    make_norm,
-    same_padding,
-)
-from nasnet_core.ops import (
-    OP_NAMES,
-    OPS,
-    PAPER_OPS,
-    FactorizedReduction,
-    FoldPair,
-    Op,
-    OpContext,
-)
+from nasnet_core.layers import SameConv2d, SamePool2d, drop_path, make_norm, same_padding
+from nasnet_core.ops import OP_NAMES, OPS, PAPER_OPS, FactorizedReduction, FoldPair, Op, OpContext
 from nasnet_core.search import make_space
 from nasnet_core.search.space import NASNetSpace
 
