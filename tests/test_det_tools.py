@@ -1,6 +1,5 @@
 """Tools: demo and side-by-side visualiser write non-blank images with boxes; detectron2 weight format."""
 
-import importlib.util
 import json
 
 import cv2
@@ -10,17 +9,10 @@ import torch
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (see README: the [detectron2] extra)")
 
-from det_helpers import ROOT  # noqa: E402
+from conftest import ROOT, load_tool  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 
 from nasnet_det import datasets, shapes  # noqa: E402
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
