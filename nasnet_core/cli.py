@@ -7,10 +7,11 @@ tool prints a traceback for input it rejects.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["USER_ERRORS", "run_tool", "one_line"]
+__all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
@@ -33,3 +34,11 @@ def run_tool(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     except (*USER_ERRORS, _store_error()) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def tool_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
+    """Decorator for a tool's ``main(argv)``: the same function, run through ``run_tool``."""
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        return run_tool(main, argv)
+    return wrapper

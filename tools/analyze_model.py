@@ -12,14 +12,16 @@ import argparse
 import sys
 
 import nasnet_core as nc
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 
 
 def _fmt(n: float) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Parse arguments and print the complexity table; exit 2 with one line for an unknown model."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*",
                     help=f"registered names (default: all): {', '.join(nc.list_models())}")
@@ -46,11 +48,6 @@ def _main(argv=None) -> int:
         pm = _fmt(paper["mult_adds"]) if "mult_adds" in paper else "-"
         print(f"{name:24s} {size:5d} {c['params']:>10,d} {_fmt(c['mult_adds']):>11s} {pp:>13s} {pm:>15s}")
     return 0
-
-
-def main(argv=None) -> int:
-    """Parse arguments and print the complexity table; exit 2 with one line for an unknown model."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

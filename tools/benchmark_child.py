@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 from nasnet_core.search import make_space
 from nasnet_core.search.child import load_child_data, prepare_child_data, train_child
 from nasnet_core.train.trainer import resolve_device
@@ -37,7 +37,9 @@ def data(args, train_subset: int):
     return load_child_data(args.dataset, args.data_dir, **split)
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Entry point: exit code 2 and one error line for a bad dataset folder or option."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="random", choices=["random", "cifar10", "fashion_mnist"])
     p.add_argument("--data-dir", help="dataset folder (cifar10 / fashion_mnist)")
@@ -74,11 +76,6 @@ def _main(argv=None) -> int:
                       "images_per_s": round(ips, 1),
                       "seconds_per_paper_child_20ep_45k": round(20 * 45000 / ips, 1)}))
     return 0
-
-
-def main(argv=None) -> int:
-    """Entry point: exit code 2 and one error line for a bad dataset folder or option."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

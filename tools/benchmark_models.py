@@ -21,7 +21,7 @@ import time
 import torch
 
 import nasnet_core as nc
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 
 PAIRS = {
     # ours (arch, overrides), peer builder, input size
@@ -89,7 +89,9 @@ def gpu_throughput(model: torch.nn.Module, size: int, batch: int, train: bool, b
     return batch * iters / (time.perf_counter() - t)
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Run the benchmark and print the ratio table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS), help="pairs to time")
     ap.add_argument("--iters", type=int, default=20, help="timed CPU iterations per model")
@@ -134,11 +136,6 @@ def _main(argv=None) -> int:
                           f"speed ratio ours/peer {res['ours'] / res['peer']:.3f} (>1: ours faster)")
                     ours.cpu(), peer.cpu()
     return 0
-
-
-def main(argv=None) -> int:
-    """Run the benchmark and print the ratio table."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

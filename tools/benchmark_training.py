@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import nasnet_core as nc
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 from nasnet_core.config import load_config
 from nasnet_core.train.data import DatasetInfo
 from nasnet_core.train.optim import ModelEMA, build_optimizer, smoothed_cross_entropy
@@ -92,7 +92,9 @@ def throughput(recipe: str, args, bf16: bool, channels_last: bool) -> float:
     return args.batch_size * args.iters / (time.perf_counter() - t)
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Run every recipe in every mode and print images/s and the speed-up over fp32."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=["large", "mobile"], choices=list(RECIPES))
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
@@ -122,11 +124,6 @@ def _main(argv=None) -> int:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
     return 0
-
-
-def main(argv=None) -> int:
-    """Run every recipe in every mode and print images/s and the speed-up over fp32."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

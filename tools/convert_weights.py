@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import nasnet_core as nc
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 from nasnet_core.fileio import atomic_torch_save
 
 FORMATS = ("nasnet_core", "detectron2")
@@ -35,7 +35,9 @@ def save_detectron2(path: Path, state_dict, arch: str, pad_mode: str, **extra) -
                               "arch": arch, "config": {"pad_mode": pad_mode}, **extra}, path)
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Convert one checkpoint; exit 2 with one line naming the unmatched keys if it does not fit."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True, choices=nc.convert.SOURCES)
     ap.add_argument("--arch", required=True, help=f"one of: {', '.join(nc.list_models())}")
@@ -60,11 +62,6 @@ def _main(argv=None) -> int:
         nc.save_checkpoint(out, converted, args.arch, config={"pad_mode": pad_mode}, **meta)
     print(f"wrote {out}: {len(converted)} tensors for {args.arch} (from {args.source}, {args.format} format)")
     return 0
-
-
-def main(argv=None) -> int:
-    """Convert one checkpoint; exit 2 with one line naming the unmatched keys if it does not fit."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

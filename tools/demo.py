@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import tqdm
 
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
@@ -80,7 +80,9 @@ def frames(video: str, stride: int):
     cap.release()
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Draw detections for every input image / video frame into --output; exit 2 on bad input."""
     args = parse_args(argv)
     import nasnet_det  # noqa: F401 - registers the NASNet parts
     from nasnet_det.engine import setup_cfg_plain
@@ -111,11 +113,6 @@ def _main(argv=None) -> int:
         count += 1
     print(f"wrote {count} image(s) to {out}")
     return 0
-
-
-def main(argv=None) -> int:
-    """Draw detections for every input image / video frame into --output; exit 2 on bad input."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 from nasnet_core.config import SEARCH, load_config
 
 
@@ -70,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", required=True, help="new folder for the run's database, config, TensorBoard")
     r.add_argument("--backend", choices=["inprocess", "ray"], help="executor.backend")
     r.add_argument("--address", help="Ray cluster address (executor.address)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
     r.add_argument("overrides", nargs="*", metavar="KEY VALUE",
                    help="config overrides in pairs, e.g. search.seed 1 reward.child.epochs 2")
     s = sub.add_parser("resume", help="continue a search (same as --resume)")
     s.add_argument("run_dir")
     s.add_argument("--num-children", type=int, help="change the planned total")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
     t = sub.add_parser("report", help="table of the best architectures and the Fig. 6 plot")
     t.add_argument("run_dirs", nargs="+")
     t.add_argument("--top", type=int, default=5, help="architectures per run in the table")
@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Entry point: exit code 2 and one error line for a bad config, run directory or file."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.resume:
@@ -104,11 +106,6 @@ def _main(argv=None) -> int:
         summary["wall_seconds"] = round(time.time() - start, 1)
         print(json.dumps(summary))
     return 0
-
-
-def main(argv=None) -> int:
-    """Entry point: exit code 2 and one error line for a bad config, run directory or file."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 from nasnet_core.config import load_config
 from nasnet_core.train import Trainer
 
@@ -37,7 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Build the trainer and run training or evaluation; one-line errors (exit 2) for bad input."""
     args = parse_args(argv)
     trainer = None
     try:
@@ -66,11 +68,6 @@ def _main(argv=None) -> int:
         if trainer is not None:
             trainer.close()
     return 0
-
-
-def main(argv=None) -> int:
-    """Build the trainer and run training or evaluation; one-line errors (exit 2) for bad input."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":

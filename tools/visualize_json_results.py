@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nasnet_core.cli import run_tool
+from nasnet_core.cli import tool_main
 
 
-def _main(argv=None) -> int:
+@tool_main
+def main(argv=None) -> int:
+    """Write one image per dataset image (up to --max-images) into --output; exit 2 on bad input."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", nargs="+", required=True, help="one results json, or two to compare")
     ap.add_argument("--dataset", required=True, help="registered dataset the results are over")
@@ -38,11 +40,6 @@ def _main(argv=None) -> int:
                            args.titles)
     print(f"wrote {len(written)} image(s) to {args.output}")
     return 0
-
-
-def main(argv=None) -> int:
-    """Write one image per dataset image (up to --max-images) into --output; exit 2 on bad input."""
-    return run_tool(_main, argv)
 
 
 if __name__ == "__main__":
