@@ -55,11 +55,10 @@ def _coerce(key: Key, value: Any) -> Any:
             pass
     if t is str and isinstance(value, bool) and key.default in _TOGGLE_VALUES:
         return "on" if value else "off"  # YAML 1.1 reads bare on/off as booleans
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}.get(
-        t, lambda v: isinstance(v, t))
-    if not ok(value):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {bool: isinstance(value, bool), int: number and isinstance(value, int), float: number}.get(
+        t, isinstance(value, t))
+    if not ok:
         raise ConfigError(f"config key {key.name!r} expects {t.__name__} (default {key.default!r}), "
                           f"got {value!r}")
     if t is float:
@@ -141,6 +140,7 @@ class Schema:
             value = value.removesuffix("...").strip()
             lines.append(f"{'  ' * len(parents)}{leaf}: {value}  # {key.comment}")
         return "\n".join(lines) + "\n"
+
 
 # ---------------------------------------------------------------------------------- keys
 # (name, default, type, comment); a default of None means "null: decided elsewhere" (nullable).
