@@ -250,6 +250,8 @@ SEARCH_KEYS = [
     ("reward.child.device", "auto", str, "auto (cuda when visible) | cpu | cuda"),
     ("reward.child.num_threads", 0, int, "torch CPU threads per child (0 = torch's default)"),
     ("reward.child.eval_batch_size", 500, int, "batch size for held-out accuracy"),
+    ("reward.child.workers", 0, int, "data-loader worker processes per child (0 = crop/flip in the "
+                                     "training process)"),
     ("reward.synthetic.target_seed", 0, int, "seed drawing the optimum; reward = fraction of decisions "
                                              "equal to it"),
     ("reward.synthetic.noise", 0.0, float, "std of Gaussian noise added to the reward"),

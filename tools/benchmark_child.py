@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--children", type=int, default=3, help="random genotypes to time")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (crop/flip)")
     p.add_argument("--full", action="store_true", help="train one full 20-epoch child on 45k images")
     args = p.parse_args(argv)
     if args.threads:
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
         decisions = [rng.randrange(c) for c in space.choices]
         start = time.perf_counter()
         out = train_child(space.decode(decisions), child_data, num_conv_filters=args.num_conv_filters,
-                          epochs=20 if args.full else 1, batch_size=args.batch_size, device=device)
+                          epochs=20 if args.full else 1, batch_size=args.batch_size, device=device,
+                          workers=args.workers)
         seconds = time.perf_counter() - start
         ips = out["images"] / out["train_seconds"]
         rows.append({"child": i, "images": out["images"], "train_seconds": round(out["train_seconds"], 2),

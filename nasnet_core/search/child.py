@@ -100,7 +100,7 @@ def train_child(genotype, data: ChildData, N: int = 2, num_conv_filters: int = 8
                 stem_multiplier: float = 3.0, epochs: int = 20, batch_size: int = 32, lr: float = 0.025,
                 momentum: float = 0.9, weight_decay: float = 5e-4, grad_clip: float = 5.0,
                 crop_pad: int = 4, flip: bool = True, seed: int = 0, device: str = "auto",
-                num_threads: int = 0, eval_batch_size: int = 500) -> dict:
+                num_threads: int = 0, eval_batch_size: int = 500, workers: int = 0) -> dict:
     """Train one child: {'val_acc', 'train_loss', 'steps', 'images', 'train_seconds'}; raises on NaN loss."""
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -108,7 +108,7 @@ def train_child(genotype, data: ChildData, N: int = 2, num_conv_filters: int = 8
     torch.manual_seed(seed)
     aug = {"pad": crop_pad, "hflip": flip, "cutout": 0}
     train_set = ArrayDataset(data.train_x, data.train_y, True, aug, data.mean, data.std, seed)
-    loader = build_loader(train_set, batch_size, True, 0, False, seed)
+    loader = build_loader(train_set, batch_size, True, workers, dev.type == "cuda", seed)
     model = create_model("nasnet_a_cifar", genotype=genotype, num_cells=3 * N,
                          num_conv_filters=num_conv_filters, stem_multiplier=stem_multiplier,
                          num_classes=data.num_classes, in_chans=data.train_x.shape[-1],
