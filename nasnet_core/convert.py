@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_torch_save
+from .fileio import atomic_torch_save, read_checkpoint
 from .registry import MODELS, create_model, get_config
 
 __all__ = ["convert_state_dict", "SOURCES", "CheckpointMismatch", "save_checkpoint",
-           "load_checkpoint", "read_state_dict", "check_state_dict"]
+           "load_checkpoint", "read_state_dict", "check_state_dict", "mismatch_report"]
 
 _COMMON_RULES = [
     (re.compile(r"^(.*)\.path_1\.conv\.weight$"), r"\1.reduce_prev.path_1.weight"),
@@ -74,51 +74,50 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], source: str, arch: s
     return out
 
 
+def mismatch_report(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Size],
+                    allow_missing: tuple[str, ...] = ()) -> str | None:
+    """One line naming the unmatched, missing (except ``allow_missing`` prefixes) and wrongly shaped
+    keys of ``state_dict`` against ``expected`` shapes; None when it fits."""
+    unexpected = sorted(set(state_dict) - set(expected))
+    missing = sorted(k for k in set(expected) - set(state_dict) if not k.startswith(tuple(allow_missing)))
+    wrong = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k])}"
+                   for k in set(state_dict) & set(expected)
+                   if tuple(state_dict[k].shape) != tuple(expected[k]))
+    groups = (("unmatched checkpoint keys", unexpected), ("model keys missing from the checkpoint", missing),
+              ("shape mismatches", wrong))
+    parts = [f"{title} ({len(items)}): {', '.join(items[:20])}"
+             + (f" and {len(items) - 20} more" if len(items) > 20 else "")
+             for title, items in groups if items]
+    if not parts:
+        return None
+    bias = state_dict.get("last_linear.bias")
+    if bias is not None and "last_linear.bias" in expected and \
+            bias.shape[0] == expected["last_linear.bias"][0] + 1:
+        parts.append("hint: a 1001-way classifier is TF's background class; use drop_background=True "
+                     "(--drop-background), or set num_classes")
+    return "; ".join(parts)
+
+
 def check_state_dict(state_dict: dict[str, torch.Tensor], arch: str, allow_missing=(),
                      **overrides) -> None:
     """Raise CheckpointMismatch unless ``state_dict`` fits ``arch`` exactly (names and shapes)."""
     with torch.device("meta"):
         model = create_model(arch, **overrides)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    unexpected = sorted(set(state_dict) - set(expected))
-    missing = sorted(k for k in set(expected) - set(state_dict)
-                     if not any(k.startswith(p) for p in allow_missing))
-    wrong = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k])}"
-                   for k in set(state_dict) & set(expected)
-                   if tuple(state_dict[k].shape) != tuple(expected[k]))
-    if unexpected or missing or wrong:
-        def show(title, items):
-            head = "\n    ".join(items[:20])
-            more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
-            return f"\n  {title} ({len(items)}):\n    {head}{more}" if items else ""
-        hint = ""
-        bias = state_dict.get("last_linear.bias")
-        if bias is not None and "last_linear.bias" in expected and \
-                bias.shape[0] == expected["last_linear.bias"][0] + 1:
-            hint = ("\n  hint: a 1001-way classifier is TF's background class; use "
-                    "drop_background=True (--drop-background), or set num_classes")
-        raise CheckpointMismatch(
-            f"checkpoint does not fit {arch}:" + show("unmatched checkpoint keys", unexpected)
-            + show("model keys missing from the checkpoint", missing)
-            + show("shape mismatches", wrong) + hint)
+    report = mismatch_report(state_dict, {k: v.shape for k, v in model.state_dict().items()},
+                             tuple(allow_missing))
+    if report:
+        raise CheckpointMismatch(f"checkpoint does not fit {arch}: {report}")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .pth/.pt (raw, or wrapped in 'state_dict'/'model') or .safetensors."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
         from safetensors.torch import load_file
         return load_file(str(path))
-    return _extract_state(_torch_load(path), path)
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unreadable file
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+    return _extract_state(read_checkpoint(path), path)
 
 
 def _extract_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -143,21 +142,13 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
 
     Raises CheckpointMismatch naming the keys that do not fit; returns the checkpoint's metadata.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    raw = _torch_load(path)
+    raw = read_checkpoint(path)
     meta = raw if isinstance(raw, dict) and "state_dict" in raw else {}
-    state = _extract_state(raw, path)
-    own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith("aux_head."))
-    wrong = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
-    if unexpected or missing or wrong:
+    state = _extract_state(raw, Path(path))
+    report = mismatch_report(state, {k: v.shape for k, v in model.state_dict().items()}, ("aux_head.",))
+    if report:
         arch = getattr(model, "arch", type(model).__name__)
-        raise CheckpointMismatch(
-            f"checkpoint {path} (arch {meta.get('arch', '?')}) does not fit model {arch}: "
-            f"{len(unexpected)} unmatched keys {unexpected[:10]}, {len(missing)} missing keys "
-            f"{missing[:10]}, {len(wrong)} shape mismatches {wrong[:10]}")
+        raise CheckpointMismatch(f"checkpoint {path} (arch {meta.get('arch', '?')}) does not fit model "
+                                 f"{arch}: {report}")
     model.load_state_dict(state, strict=False)
     return {k: v for k, v in meta.items() if k != "state_dict"}

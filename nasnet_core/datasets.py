@@ -1,7 +1,9 @@
 """Readers for the standard dataset files: CIFAR-10 python batches and IDX (Fashion-MNIST).
 
-Shared by classification training and the architecture search; every reader checks its
-file and raises one DataError naming the file and what is wrong.
+The one dataset-reader module of the project: classification training and the search's
+child training both read through ``DATASETS`` / ``load_arrays`` (images (N, H, W, C) uint8,
+labels (N,) int64). Every reader checks its file and raises one DataError naming the file
+and what is wrong.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["DataError", "read_cifar_batch", "read_idx", "find_file", "load_cifar10",
-           "load_fashion_mnist"]
+           "load_fashion_mnist", "ArrayDatasetSpec", "DATASETS", "load_arrays", "check_root"]
 
 
 class DataError(ValueError):
@@ -90,7 +94,7 @@ def load_cifar10(root: Path, train: bool = True) -> tuple[np.ndarray, np.ndarray
 
 
 def load_fashion_mnist(root: Path, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST train (60k) or t10k split from IDX files (plain or .gz): (N, 28, 28) uint8, labels."""
+    """Fashion-MNIST train (60k) or t10k split from IDX files (plain or .gz): (N, 28, 28, 1) uint8, labels."""
     root = Path(root)
     split, prefix = ("train", "train") if train else ("val", "t10k")
     imgs = read_idx(find_file(root, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images-idx3-ubyte.gz"],
@@ -104,4 +108,38 @@ def load_fashion_mnist(root: Path, train: bool = True) -> tuple[np.ndarray, np.n
         raise DataError(f"Fashion-MNIST {split}: {len(imgs)} images but {len(labs)} labels")
     if labs.size and labs.max() > 9:
         raise DataError(f"Fashion-MNIST {split}: labels must be 0..9, found {labs.max()}")
-    return imgs, labs.astype(np.int64)
+    return imgs[..., None], labs.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ArrayDatasetSpec:
+    """An in-memory dataset: its reader ``(root, train) -> (images NHWC uint8, labels)``, class
+    count and default per-channel normalisation."""
+
+    reader: Callable[[Path, bool], tuple[np.ndarray, np.ndarray]]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS: dict[str, ArrayDatasetSpec] = {
+    "cifar10": ArrayDatasetSpec(load_cifar10, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "fashion_mnist": ArrayDatasetSpec(load_fashion_mnist, 10, (0.2860,), (0.3530,)),
+}
+
+
+def check_root(path: str | Path, dataset: str) -> Path:
+    """``path`` as an existing folder; DataError naming the dataset otherwise."""
+    if not path:
+        raise DataError(f"no data path for {dataset}: set data.path or pass --data")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{dataset} data path does not exist or is not a folder: {root}")
+    return root
+
+
+def load_arrays(name: str, root: str | Path, train: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W, C) uint8 and labels (N,) int64 of a registered in-memory dataset's split."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[name].reader(check_root(root, name), train)

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or kill leaves the old file or the new one, never a truncated one."""
+"""File I/O of the project: atomic writes (a crash or kill leaves the old file or the new one, never
+a truncated one), the one checkpoint writer (``atomic_torch_save``) and reader (``read_checkpoint``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
-           "read_yaml_mapping"]
+           "read_checkpoint", "read_yaml_mapping"]
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -44,6 +45,21 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_checkpoint(path: str | Path, weights_only: bool = True) -> Any:
+    """``torch.load`` a checkpoint on the CPU; FileNotFoundError, or one ValueError naming the file.
+
+    ``weights_only=False`` is for the trainer's own checkpoints, which hold RNG states."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unreadable file
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
 
 
 def read_yaml_mapping(path: str | Path, error: type[Exception] = ValueError) -> dict:

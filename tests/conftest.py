@@ -1,16 +1,26 @@
-import sys
+"""Helpers shared by the test files: the repository root, loading a tool script, BN randomisation."""
+
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def randomize_bn(model: torch.nn.Module) -> None:

@@ -1,10 +1,8 @@
-"""Shared helpers for the nasnet_det tests (configs, tiny inputs)."""
-
-from pathlib import Path
+"""Helpers for the nasnet_det tests only (detectron2 configs, tiny inputs); ROOT comes from conftest."""
 
 import torch
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DETECTION_CONFIG_DIRS = ("COCO-Detection", "quick_schedules")
 CONFIGS = sorted([str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("Base-*.yaml")]
                  + [str(p.relative_to(ROOT)) for d in DETECTION_CONFIG_DIRS

@@ -1,6 +1,5 @@
 """Tools: demo and side-by-side visualiser write non-blank images with boxes; detectron2 weight format."""
 
-import importlib.util
 import json
 
 import cv2
@@ -10,17 +9,10 @@ import torch
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (see README: the [detectron2] extra)")
 
-from det_helpers import ROOT  # noqa: E402
+from conftest import ROOT, load_tool  # noqa: E402
 from detectron2.data import DatasetCatalog  # noqa: E402
 
 from nasnet_det import datasets, shapes  # noqa: E402
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +30,13 @@ def _changed_fraction(drawn, original):
     return float((np.abs(drawn.astype(int) - original.astype(int)).max(-1) > 40).mean())
 
 
-def test_demo_draws_boxes_on_images_and_folder(tmp_path, tiny_val):
+def test_demo_draws_boxes_on_images_and_folder(tmp_path, tiny_val, capsys):
     demo = load_tool("demo")
     out = tmp_path / "out"
     # Random weights with threshold 0: the detector's raw (low-score) boxes are drawn.
     rc = demo.main(["--config-file", str(ROOT / "configs/quick_schedules/nasnet_a_mobile_shapes.yaml"),
                     "--input", str(tiny_val / "val"), "--output", str(out), "--confidence-threshold", "0.0",
-                    "--opts", "MODEL.NASNET.N", "1", "MODEL.NASNET.F", "192",
+                    "MODEL.NASNET.N", "1", "MODEL.NASNET.F", "192",
                     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "DATASETS.TEST", "('tools_shapes_val',)"])
     assert rc == 0
     files = sorted(out.glob("*.jpg"))
@@ -53,9 +45,22 @@ def test_demo_draws_boxes_on_images_and_folder(tmp_path, tiny_val):
         drawn = cv2.imread(str(f))
         assert drawn.std() > 10  # not blank
         assert _changed_fraction(drawn, cv2.imread(str(tiny_val / "val" / f.name))) > 0.01  # boxes drawn
-    with pytest.raises(FileNotFoundError, match="input not found"):
-        demo.main(["--config-file", str(ROOT / "configs/quick_schedules/nasnet_a_mobile_shapes.yaml"),
-                   "--input", str(tmp_path / "nope.jpg"), "--output", str(out)])
+    capsys.readouterr()
+    assert demo.main(["--config-file", str(ROOT / "configs/quick_schedules/nasnet_a_mobile_shapes.yaml"),
+                      "--input", str(tmp_path / "nope.jpg"), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: input not found") and err.count("\n") == 1
+
+
+def test_demo_reads_trailing_overrides_after_inputs(tmp_path):
+    demo = load_tool("demo")
+    (tmp_path / "a.jpg").touch()
+    base = ["--config-file", "c.yaml", "--output", "o", "--input", str(tmp_path / "a.jpg"), str(tmp_path)]
+    pairs = ["MODEL.WEIGHTS", "w.pth", "DATASETS.TEST", "('x',)"]
+    trailing, legacy = demo.parse_args([*base, *pairs]), demo.parse_args([*base, "--opts", *pairs])
+    for a in (trailing, legacy):
+        assert a.input == [str(tmp_path / "a.jpg"), str(tmp_path)]
+        assert a.opts == pairs
 
 
 def test_visualize_json_results_single_and_side_by_side(tmp_path, tiny_val):

@@ -11,22 +11,26 @@ import struct
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 import nasnet_core as nc
+from nasnet_core.config import SEARCH, ConfigError, load_config
 from nasnet_core.genotype import random_genotype
 from nasnet_core.search import SpaceError, make_space, make_strategy
-from nasnet_core.search.config import ConfigError, load_config
 from nasnet_core.search.report import best_table, export_top, load_run, plot_runs
 from nasnet_core.search.runner import resume_search, start_search, topk_means
 from nasnet_core.search.store import RunStore, StoreError
 from nasnet_core.search.strategies import state_from_bytes, state_to_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
+
+def search_config(path=None, **overrides):
+    """A resolved search config; ``overrides`` map dotted keys (``__`` for ``.``) to values."""
+    pairs = [x for k, v in overrides.items() for x in (k.replace("__", "."), v)]
+    return load_config(path, pairs, schema=SEARCH)
 
 
 # ---- spaces ---------------------------------------------------------------
@@ -131,28 +135,32 @@ def test_strategy_state_round_trip(name):
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("search:\n  num_childs: 3\n")
-    with pytest.raises(ConfigError, match="unknown config key 'search.num_childs'; known keys in 'search'"):
-        load_config(bad)
+    with pytest.raises(ConfigError, match=r"unknown search config key 'search.num_childs' \(did you mean "
+                                          r"search.num_children\b.*; known keys in 'search'"):
+        search_config(bad)
     with pytest.raises(ConfigError, match="'reward.child.epochs' expects int"):
-        load_config(overrides={"reward": {"child": {"epochs": "many"}}})
+        search_config(reward__child__epochs="many")
     with pytest.raises(ConfigError, match="config file not found"):
-        load_config(tmp_path / "missing.yaml")
+        search_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="unknown reward 'nope'; known: synthetic, child"):
-        start_search(tmp_path / "r", load_config(overrides={"reward": {"name": "nope"}}), progress=False)
+        start_search(tmp_path / "r", search_config(reward__name="nope"), progress=False)
     with pytest.raises(FileNotFoundError, match="dataset folder not found"):
-        missing = {"reward": {"child": {"data_dir": str(tmp_path / "no")}}}
-        start_search(tmp_path / "r", load_config(overrides=missing), progress=False)
+        start_search(tmp_path / "r", search_config(reward__child__data_dir=str(tmp_path / "no")),
+                     progress=False)
     assert not (tmp_path / "r").exists()  # nothing written for a rejected config
     for path in sorted((ROOT / "configs" / "search").glob("*.yaml")):
-        load_config(path)  # every shipped config is valid
+        search_config(path)  # every shipped config is valid
+    # KEY VALUE strings are read as YAML, as on the command line; a whole section takes a mapping
+    cfg = search_config(search__strategy_hparams="{lr: 0.01}", reward__child="{epochs: 2, lr: 0.1}")
+    child = cfg["reward"]["child"]
+    assert cfg["search"]["strategy_hparams"] == {"lr": 0.01}
+    assert (child["epochs"], child["lr"], child["N"]) == (2, 0.1, 2)
 
 
 # ---- runs, failures, store, report, export --------------------------------
 def _synthetic_cfg(n, **synthetic):
-    return load_config(overrides={
-        "search": {"num_children": n, "strategy_hparams": {"lr": 0.01, "batch_size": 5}},
-        "space": {"num_blocks": 2},
-        "reward": {"name": "synthetic", "synthetic": synthetic}})
+    return search_config(search__num_children=n, search__strategy_hparams={"lr": 0.01, "batch_size": 5},
+                         space__num_blocks=2, reward__name="synthetic", reward__synthetic=synthetic)
 
 
 def test_failed_children_recorded_and_search_goes_on(tmp_path):
@@ -195,7 +203,7 @@ def test_report_and_export(tmp_path):
 
 
 def _search_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, str(ROOT / "tools" / "search.py"), "--quiet", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -212,14 +220,14 @@ reward: {{name: synthetic, synthetic: {{delay: 0.02}}}}
     proc = _search_cli("run", "--config", str(cfg_path), "--run-dir", str(run))
     db = run / "search.db"
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until children are being recorded, then kill at a random moment
+    while time.time() < deadline:  # wait until children are being recorded, then kill at a drawn moment
         try:
             if sqlite3.connect(db).execute("SELECT COUNT(*) FROM children").fetchone()[0] >= 3:
                 break
         except sqlite3.Error:
             pass
         time.sleep(0.05)
-    time.sleep(random.Random().uniform(0.0, 1.0))
+    time.sleep(random.Random(0).uniform(0.0, 1.0))  # seeded: the same moment on every run
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     store = RunStore(run)
@@ -266,18 +274,23 @@ def _stripes(n, seed):
 
 
 def test_child_training_learns_from_idx_files(tmp_path):
-    from nasnet_core.datasets import DataError
-    from nasnet_core.search.child import ChildTrainer, load_cifar10, load_fashion_mnist, split_train_val
+    from nasnet_core.datasets import DataError, load_arrays
+    from nasnet_core.search.child import ChildTrainer, load_child_data, split_train_val
 
     x, y = _stripes(600, 0)
     _write_idx(tmp_path / "train-images-idx3-ubyte.gz", x)
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", y)
-    xs, ys = load_fashion_mnist(tmp_path)
-    assert xs.shape == (600, 1, 32, 32) and (ys == y).all()
-    assert (xs[:, 0, 2:30, 2:30] == x.astype(np.uint8)).all() and xs[:, :, :2].max() == 0
     tr, va = split_train_val(600, 100, seed=0)
     assert len(tr) == 500 and len(va) == 100 and not set(tr) & set(va)
     assert (split_train_val(600, 100, seed=0)[1] == va).all()
+    data = load_child_data("fashion_mnist", tmp_path, val_size=100)
+    assert data.train_x.shape == (500, 32, 32, 1) and data.val_x.shape == (100, 32, 32, 1)
+    assert (data.train_y == y[tr]).all() and (data.val_y == y[va]).all() and data.num_classes == 2
+    # 28x28 zero-padded to the child's 32x32; whitening statistics of the training split
+    assert (data.val_x[:, 2:30, 2:30, 0] == x.astype(np.uint8)[va]).all() and data.val_x[:, :2].max() == 0
+    padded = np.pad(x.astype(np.uint8)[tr], ((0, 0), (2, 2), (2, 2))) / 255
+    assert data.mean[0] == pytest.approx(padded.mean(), rel=1e-4)
+    assert data.std[0] == pytest.approx(padded.std(), rel=1e-4)
     space = make_space("A", num_blocks=2)
     trainer = ChildTrainer(space, "fashion_mnist", str(tmp_path), val_size=100, N=1, num_conv_filters=4,
                            epochs=1, batch_size=20, lr=0.1, num_threads=1)
@@ -290,22 +303,22 @@ def test_child_training_learns_from_idx_files(tmp_path):
     for i in range(1, 6):
         with open(cifar / f"data_batch_{i}", "wb") as f:
             pickle.dump({b"data": np.full((4, 3072), i, np.uint8), b"labels": [i % 10] * 4}, f)
-    cx, cy = load_cifar10(tmp_path)
-    assert cx.shape == (20, 3, 32, 32) and cx[-1].max() == 5 and list(cy[:4]) == [1] * 4
+    cx, cy = load_arrays("cifar10", tmp_path)
+    assert cx.shape == (20, 32, 32, 3) and cx[-1].max() == 5 and list(cy[:4]) == [1] * 4
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="data_batch_1"):
-        load_cifar10(tmp_path / "empty")
+        load_child_data("cifar10", tmp_path / "empty")
+    with pytest.raises(DataError, match="unknown dataset 'mnist'; known datasets: cifar10, fashion_mnist"):
+        load_child_data("mnist", tmp_path)
 
 
 # ---- Ray ------------------------------------------------------------------
 def test_ray_search_failures_and_worker_death(tmp_path):
     pytest.importorskip("ray", reason="ray not installed (pip install 'nasnet[search]')")
-    cfg = load_config(overrides={
-        "search": {"num_children": 8, "strategy": "random"},
-        "space": {"num_blocks": 2},
-        "executor": {"backend": "ray", "num_cpus": 2, "max_retries": 2},
-        "reward": {"name": "synthetic", "synthetic": {
-            "delay": 0.2, "faults": {2: "raise", 5: "die_once"}, "fault_dir": str(tmp_path)}}})
+    cfg = search_config(search__num_children=8, search__strategy="random", space__num_blocks=2,
+                        executor="{backend: ray, num_cpus: 2, max_retries: 2}", reward__name="synthetic",
+                        reward__synthetic={"delay": 0.2, "faults": {2: "raise", 5: "die_once"},
+                                           "fault_dir": str(tmp_path)})
     summary = start_search(tmp_path / "run", cfg, progress=False)
     assert (summary["children"], summary["done"], summary["failed"]) == (8, 7, 1)
     rows = {c["id"]: c for c in RunStore(tmp_path / "run").children()}

@@ -12,15 +12,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, load_tool
 
 import nasnet_core as nc
+from nasnet_core import fileio
+from nasnet_core.config import CLASSIFICATION, ConfigError, dump_config, load_config
+from nasnet_core.datasets import read_idx
 from nasnet_core.train import checkpoint as ckpt_mod
-from nasnet_core.train.config import SCHEMA, ConfigError, dump_config, load_config
-from nasnet_core.train.data import DataError, build_dataset, random_resized_box, read_idx
+from nasnet_core.train import trainer as trainer_mod
+from nasnet_core.train.data import DataError, build_dataset, random_resized_box
 from nasnet_core.train.optim import LRSchedule, ModelEMA, RMSpropTF, smoothed_cross_entropy
 from nasnet_core.train.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
 # Ten clearly different colours: a tiny network separates them in a few steps.
 COLOURS = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [128, 128, 0], [0, 0, 128]], np.uint8)
@@ -168,15 +171,19 @@ def test_rmsprop_tf_matches_formula():
 
 # ------------------------------------------------------------------ config
 def test_config_unknown_key_and_round_trip(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown config key 'solver\.lrr'.*solver: .*\blr\b"):
+    with pytest.raises(ConfigError, match=r"unknown classification config key 'solver\.lrr' \(did you mean "
+                                          r"solver\.lr\b.*known keys in 'solver': .*\blr\b"):
         load_config(None, ["solver.lrr", "0.1"])
-    with pytest.raises(ConfigError, match="must be a number"):
+    with pytest.raises(ConfigError, match="'solver.lr' expects float"):
         load_config(None, ["solver.lr", "fast"])
+    with pytest.raises(ConfigError, match="KEY VALUE pairs"):
+        load_config(None, ["solver.lr"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  arch: nasnet_a_mobile\n  widht: 3\n")
     with pytest.raises(ConfigError, match="'model.widht'.*known keys"):
         load_config(bad)
-    assert all(comment.strip() for keys in SCHEMA.values() for _, _, comment in keys)
+    assert all(k.comment.strip() and isinstance(k.default, (k.type, type(None)))
+               for k in CLASSIFICATION.keys.values())
     cfg = load_config(None, ["solver.lr", "0.3", "model.N", "2", "train.amp", "off"])
     again = tmp_path / "resolved.yaml"
     again.write_text(dump_config(cfg))
@@ -339,14 +346,14 @@ def test_interrupt_never_leaves_truncated_checkpoint(tmp_path, monkeypatch):
     last = tmp_path / "run" / "last.pth"
     good = last.read_bytes()
 
-    real_save = torch.save
+    def dying_writer(obj, path):  # the project's atomic writer, killed halfway through the write
+        def write_half(f):
+            torch.save(obj, f)
+            f.truncate(f.tell() // 2)
+            raise KeyboardInterrupt
+        return fileio.atomic_write(path, write_half)
 
-    def dying_save(obj, f, *a, **k):  # write half a checkpoint, then get killed
-        real_save(obj, f, *a, **k)
-        f.truncate(f.tell() // 2)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
+    monkeypatch.setattr(trainer_mod, "atomic_torch_save", dying_writer)  # the trainer's only writer
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()  # epoch 2 trains, then dies while writing its checkpoint
     monkeypatch.undo()
@@ -358,11 +365,9 @@ def test_interrupt_never_leaves_truncated_checkpoint(tmp_path, monkeypatch):
 
 
 def test_benchmark_training_runs_on_cpu(capsys):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import benchmark_training
-
+    benchmark_training = load_tool("benchmark_training")
     rc = benchmark_training.main(["--device", "cpu", "--recipes", "mobile", "--modes", "fp32", "bf16+cl",
-                                  "--batch", "2", "--iters", "1", "--warmup", "1", "--image-size", "96",
+                                  "--batch-size", "2", "--iters", "1", "--warmup", "1", "--image-size", "96",
                                   "--N", "1", "--F", "192"])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "img/s" in ln]
     assert rc == 0 and len(lines) == 2
@@ -370,8 +375,6 @@ def test_benchmark_training_runs_on_cpu(capsys):
 
 
 def test_cli_flags_do_not_swallow_overrides():
-    sys.path.insert(0, str(ROOT / "tools"))
-    import train_classifier
-
+    train_classifier = load_tool("train_classifier")
     a = train_classifier.parse_args(["--config", "c.yaml", "--resume", "solver.epochs", "4"])
     assert a.resume is True and a.resume_from is None and a.overrides == ["solver.epochs", "4"]

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import nasnet_core as nc  # noqa: E402
+import nasnet_core as nc
+from nasnet_core.cli import tool_main
 
 
 def _fmt(n: float) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
+@tool_main
 def main(argv=None) -> int:
-    """Parse arguments and print the complexity table."""
+    """Parse arguments and print the complexity table; exit 2 with one line for an unknown model."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*",
                     help=f"registered names (default: all): {', '.join(nc.list_models())}")
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--N", type=int, help="normal cells per stage")
     ap.add_argument("--F", type=int, help="penultimate width")
     ap.add_argument("--genotype", help="registered name, text form or JSON path")
-    ap.add_argument("--num-classes", type=int)
+    ap.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
     args = ap.parse_args(argv)
     overrides = {"aux_head": args.aux_head}
     for key in ("N", "F", "genotype", "num_classes"):

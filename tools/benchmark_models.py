@@ -17,12 +17,11 @@ import copy
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import nasnet_core as nc  # noqa: E402
+import nasnet_core as nc
+from nasnet_core.cli import tool_main
 
 PAIRS = {
     # ours (arch, overrides), peer builder, input size
@@ -90,17 +89,18 @@ def gpu_throughput(model: torch.nn.Module, size: int, batch: int, train: bool, b
     return batch * iters / (time.perf_counter() - t)
 
 
+@tool_main
 def main(argv=None) -> int:
     """Run the benchmark and print the ratio table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    ap.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS), help="pairs to time")
     ap.add_argument("--iters", type=int, default=20, help="timed CPU iterations per model")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--warmup", type=int, default=3, help="untimed CPU iterations first")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
     ap.add_argument("--channels-last", action="store_true", help="CPU runs in channels_last (all models)")
     ap.add_argument("--gpu", action="store_true", help="also run the CUDA throughput benchmark")
-    ap.add_argument("--gpu-batch", type=int, default=32)
-    ap.add_argument("--gpu-iters", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32, help="images per step of the GPU benchmark")
+    ap.add_argument("--gpu-iters", type=int, default=10, help="timed GPU steps")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -128,10 +128,10 @@ def main(argv=None) -> int:
                 for bf16 in (False, True):
                     res = {}
                     for label, m in (("ours", ours), ("peer", peer)):
-                        res[label] = gpu_throughput(m, size, args.gpu_batch, train, bf16,
+                        res[label] = gpu_throughput(m, size, args.batch_size, train, bf16,
                                                     args.gpu_iters)
                     mode = ("train" if train else "infer") + (" bf16" if bf16 else " fp32")
-                    print(f"GPU {arch} {mode} channels_last bs{args.gpu_batch}: ours "
+                    print(f"GPU {arch} {mode} channels_last bs{args.batch_size}: ours "
                           f"{res['ours']:.1f} img/s, {peer_name} {res['peer']:.1f} img/s, "
                           f"speed ratio ours/peer {res['ours'] / res['peer']:.3f} (>1: ours faster)")
                     ours.cpu(), peer.cpu()

@@ -6,7 +6,7 @@ backward, TF RMSProp, parameter EMA -- in fp32 / NCHW and in bf16 autocast / cha
 (and the two mixed), all in the same run, and prints the speed-up over fp32.
 
     python tools/benchmark_training.py                       # GPU: large and mobile, batch 32
-    python tools/benchmark_training.py --device cpu --batch 2 --iters 1 --warmup 1 \
+    python tools/benchmark_training.py --device cpu --batch-size 2 --iters 1 --warmup 1 \
         --image-size 96 --N 1 --F 192                         # CPU smoke run (tiny settings)
 """
 
@@ -19,17 +19,19 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import nasnet_core as nc  # noqa: E402
-from nasnet_core.train.config import load_config  # noqa: E402
-from nasnet_core.train.optim import ModelEMA, build_optimizer, smoothed_cross_entropy  # noqa: E402
+import nasnet_core as nc
+from nasnet_core.cli import tool_main
+from nasnet_core.config import load_config
+from nasnet_core.train.data import DatasetInfo
+from nasnet_core.train.optim import ModelEMA, build_optimizer, smoothed_cross_entropy
+from nasnet_core.train.trainer import model_overrides
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "classification"
 RECIPES = {
-    "large": ROOT / "configs/classification/imagenet_nasnet_a_large.yaml",
-    "mobile": ROOT / "configs/classification/imagenet_nasnet_a_mobile.yaml",
-    "7_1920": ROOT / "configs/classification/imagenet_nasnet_a_7_1920.yaml",
-    "5_1536": ROOT / "configs/classification/imagenet_nasnet_a_5_1536.yaml",
+    "large": CONFIGS / "imagenet_nasnet_a_large.yaml",
+    "mobile": CONFIGS / "imagenet_nasnet_a_mobile.yaml",
+    "7_1920": CONFIGS / "imagenet_nasnet_a_7_1920.yaml",
+    "5_1536": CONFIGS / "imagenet_nasnet_a_5_1536.yaml",
 }
 MODES = {  # name: (bf16 autocast, channels_last)
     "fp32": (False, False),
@@ -40,17 +42,14 @@ MODES = {  # name: (bf16 autocast, channels_last)
 
 
 def build(recipe: str, args) -> tuple[torch.nn.Module, dict, int]:
-    """Model and solver section of a recipe (with the command line's size overrides)."""
-    cfg = load_config(RECIPES[recipe])
-    m = cfg["model"]
-    kw = {k: m[k] for k in ("N", "F", "drop_path_keep_prob", "dropout") if m[k] is not None}
-    if args.N:
-        kw["N"] = args.N
-    if args.F:
-        kw["F"] = args.F
-    size = args.image_size or cfg["data"]["image_size"]
-    model = nc.create_model(m["arch"], aux_head=m["aux_head"], image_size=size, num_classes=1000,
-                            total_training_steps=1000, **kw)
+    """Model and solver section of a recipe (with the command line's size overrides), built as the
+    trainer builds them."""
+    sizes = {"model.N": args.N, "model.F": args.F, "data.image_size": args.image_size}
+    extra = [x for key, value in sizes.items() if value for x in (key, str(value))]
+    cfg = load_config(RECIPES[recipe], extra)
+    size = cfg["data"]["image_size"] or nc.get_config(cfg["model"]["arch"]).image_size
+    info = DatasetInfo(num_classes=1000, in_chans=3, image_size=size, mean=(0.5,) * 3, std=(0.5,) * 3)
+    model = nc.create_model(cfg["model"]["arch"], **model_overrides(cfg, info, total_steps=1000))
     return model, cfg["solver"], size
 
 
@@ -64,8 +63,8 @@ def throughput(recipe: str, args, bf16: bool, channels_last: bool) -> float:
     model = model.to(memory_format=fmt)
     opt = build_optimizer(model, solver)
     ema = ModelEMA(model, solver["ema_decay"]) if solver["ema_decay"] > 0 else None
-    x = torch.randn(args.batch, 3, size, size, device=dev).contiguous(memory_format=fmt)
-    y = torch.randint(0, 1000, (args.batch,), device=dev)
+    x = torch.randn(args.batch_size, 3, size, size, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, 1000, (args.batch_size,), device=dev)
 
     def step(i):
         model.set_training_step(i)
@@ -90,16 +89,17 @@ def throughput(recipe: str, args, bf16: bool, channels_last: bool) -> float:
     for i in range(args.iters):
         step(args.warmup + i)
     sync()
-    return args.batch * args.iters / (time.perf_counter() - t)
+    return args.batch_size * args.iters / (time.perf_counter() - t)
 
 
+@tool_main
 def main(argv=None) -> int:
     """Run every recipe in every mode and print images/s and the speed-up over fp32."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=["large", "mobile"], choices=list(RECIPES))
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=32, help="images per step")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
+    ap.add_argument("--batch-size", type=int, default=32, help="images per step")
     ap.add_argument("--iters", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--image-size", type=int, default=0, help="override the recipe's crop size")
@@ -108,13 +108,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cuda":
         if not torch.cuda.is_available():
-            print("error: --device cuda but no CUDA device", file=sys.stderr)
-            return 2
+            raise ValueError("--device cuda but no CUDA device is available")
         torch.backends.cudnn.benchmark = True
         name = torch.cuda.get_device_name()
     else:
         name = f"CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {name}, batch {args.batch}, {args.iters} timed steps")
+    print(f"torch {torch.__version__}, {name}, batch {args.batch_size}, {args.iters} timed steps")
     for recipe in args.recipes:
         base = None
         for mode in args.modes:

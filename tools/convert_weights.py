@@ -22,48 +22,38 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import nasnet_core as nc  # noqa: E402
+import nasnet_core as nc
+from nasnet_core.cli import tool_main
+from nasnet_core.fileio import atomic_torch_save
 
 FORMATS = ("nasnet_core", "detectron2")
 
 
 def save_detectron2(path: Path, state_dict, arch: str, pad_mode: str, **extra) -> Path:
     """Write a detectron2-style checkpoint (suffix-matched into backbone + ROI head) atomically."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": state_dict, "__author__": "nasnet_core", "matching_heuristics": True,
-                "arch": arch, "config": {"pad_mode": pad_mode}, **extra}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save({"model": state_dict, "__author__": "nasnet_core", "matching_heuristics": True,
+                              "arch": arch, "config": {"pad_mode": pad_mode}, **extra}, path)
 
 
+@tool_main
 def main(argv=None) -> int:
-    """Convert one checkpoint; exit 2 with the list of unmatched keys if it does not fit."""
+    """Convert one checkpoint; exit 2 with one line naming the unmatched keys if it does not fit."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True, choices=nc.convert.SOURCES)
     ap.add_argument("--arch", required=True, help=f"one of: {', '.join(nc.list_models())}")
     ap.add_argument("--input", required=True, help=".pth/.pt or .safetensors state dict")
     ap.add_argument("--output", required=True, help="checkpoint to write (never overwritten "
                     "unless --force)")
-    ap.add_argument("--format", default="nasnet_core", choices=FORMATS)
+    ap.add_argument("--format", default="nasnet_core", choices=FORMATS, help="checkpoint layout to write")
     ap.add_argument("--drop-background", action="store_true",
                     help="drop class 0 of a 1001-way TF classifier")
     ap.add_argument("--force", action="store_true", help="overwrite an existing output")
     args = ap.parse_args(argv)
     out = Path(args.output)
     if out.exists() and not args.force:
-        print(f"error: {out} exists; pass --force to overwrite", file=sys.stderr)
-        return 2
-    try:
-        state = nc.read_state_dict(args.input)
-        converted = nc.convert_state_dict(state, args.source, args.arch,
-                                          drop_background=args.drop_background)
-    except (nc.CheckpointMismatch, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(f"{out} exists; pass --force to overwrite")
+    state = nc.read_state_dict(args.input)
+    converted = nc.convert_state_dict(state, args.source, args.arch, drop_background=args.drop_background)
     pad_mode = "timm" if args.source == "timm" else "tf"
     meta = dict(source=args.source, source_file=str(args.input))
     if args.format == "detectron2":

@@ -3,35 +3,49 @@
 
     python tools/demo.py --config-file configs/quick_schedules/nasnet_a_mobile_shapes.yaml \
         --input datasets/nasnet_shapes/val --output demo_out --confidence-threshold 0.5 \
-        --opts MODEL.WEIGHTS output/nasnet_a_mobile_shapes/model_final.pth
+        MODEL.WEIGHTS output/nasnet_a_mobile_shapes/model_final.pth
     python tools/demo.py --config-file ... --video-input clip.mp4 --output demo_out
+
+Trailing ``KEY VALUE`` pairs override the config (as in train_net.py); the older spelling
+``--opts KEY VALUE ...`` is still read.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import tqdm
 
-import cv2  # noqa: E402
-import tqdm  # noqa: E402
+from nasnet_core.cli import tool_main
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
 
 
 def parse_args(argv=None):
     """Command-line arguments."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config-file", required=True)
+    ap.add_argument("--config-file", required=True, help="detector config (configs/**/*.yaml)")
     ap.add_argument("--input", nargs="+", default=[], help="image files and/or folders of images")
     ap.add_argument("--video-input", help="a video file; every --video-stride-th frame is drawn")
-    ap.add_argument("--video-stride", type=int, default=1)
+    ap.add_argument("--video-stride", type=int, default=1, help="draw every this-th video frame")
     ap.add_argument("--output", required=True, help="folder for the drawn images")
-    ap.add_argument("--confidence-threshold", type=float, default=0.5)
-    ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    ap.add_argument("--confidence-threshold", type=float, default=0.5,
+                    help="draw detections scoring at least this")
+    ap.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                    help="config overrides in KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth")
+    ap.add_argument("--opts", dest="legacy_opts", nargs=argparse.REMAINDER, default=[],
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # --input takes several paths, so pairs written after it land there: they start at the first
+    # Detectron2 key (upper-case and dotted, e.g. MODEL.WEIGHTS) that is not an existing path.
+    cut = next((i for i, item in enumerate(args.input)
+                if CONFIG_KEY.fullmatch(item) and not Path(item).exists()), len(args.input))
+    args.input, args.opts = args.input[:cut], [*args.input[cut:], *args.opts, *args.legacy_opts]
     if not args.input and not args.video_input:
         ap.error("give --input and/or --video-input")
     return args
@@ -66,21 +80,23 @@ def frames(video: str, stride: int):
     cap.release()
 
 
+@tool_main
 def main(argv=None) -> int:
-    """Draw detections for every input image / video frame into --output."""
+    """Draw detections for every input image / video frame into --output; exit 2 on bad input."""
     args = parse_args(argv)
     import nasnet_det  # noqa: F401 - registers the NASNet parts
     from nasnet_det.engine import setup_cfg_plain
     from nasnet_det.predictor import Predictor
     from nasnet_det.visualize import draw_instances
 
+    files = list_images(args.input)  # a missing input fails here, before the model is built
     cfg = setup_cfg_plain(args.config_file, args.opts)
     predictor = Predictor(cfg)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
     def items():
-        for p in list_images(args.input):
+        for p in files:
             img = cv2.imread(str(p))
             if img is None:
                 raise ValueError(f"cannot read image {p}")

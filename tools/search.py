@@ -1,10 +1,11 @@
-#!/usr/bin/env python
 """Architecture search: run, resume, report and export.
 
     tools/search.py run --config configs/search/fashion_mnist_small.yaml --run-dir runs/ppo
+    tools/search.py run --config configs/search/fashion_mnist_small.yaml --run-dir runs/random \
+        search.strategy random search.strategy_hparams "{}"      # trailing KEY VALUE overrides
     tools/search.py --resume runs/ppo                 # after a crash / SIGKILL
     tools/search.py report runs/ppo runs/random --plot docs/search_fig6.png
-    tools/search.py export runs/ppo --top 5 --out genotypes/
+    tools/search.py export runs/ppo --top 5 --output genotypes/
 """
 
 from __future__ import annotations
@@ -16,25 +17,20 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from nasnet_core.search.config import ConfigError, load_config, merge_config, parse_override  # noqa: E402
-from nasnet_core.search.store import StoreError  # noqa: E402
+from nasnet_core.cli import tool_main
+from nasnet_core.config import SEARCH, load_config
 
 
 def cmd_run(args) -> dict:
     """Start a new search."""
     from nasnet_core.search.runner import start_search
 
-    overrides: dict = {}
-    for text in args.set or []:
-        overrides = _deep_update(overrides, parse_override(text))
+    overrides = list(args.overrides)
     if args.backend:
-        overrides = _deep_update(overrides, {"executor": {"backend": args.backend}})
+        overrides += ["executor.backend", args.backend]
     if args.address:
-        overrides = _deep_update(overrides, {"executor": {"address": args.address}})
-    cfg = load_config(args.config)
-    cfg = merge_config(cfg, overrides)
+        overrides += ["executor.address", args.address]
+    cfg = load_config(args.config, overrides, schema=SEARCH)
     return start_search(args.run_dir, cfg, progress=not args.quiet)
 
 
@@ -59,16 +55,8 @@ def cmd_export(args) -> None:
     """Write the top-K genotypes of a run as JSON files."""
     from nasnet_core.search.report import export_top, load_run
 
-    for path in export_top(load_run(args.run_dir), args.top, args.out or Path(args.run_dir) / "export"):
+    for path in export_top(load_run(args.run_dir), args.top, args.output or Path(args.run_dir) / "export"):
         print(path)
-
-
-def _deep_update(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        nested = isinstance(v, dict) and isinstance(out.get(k), dict)
-        out[k] = _deep_update(out[k], v) if nested else v
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,29 +66,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="start a new search")
-    r.add_argument("--config", help="YAML under configs/search/ (defaults: nasnet_core/search/config.py)")
+    r.add_argument("--config", help="YAML under configs/search/ (defaults: nasnet_core/config.py SEARCH)")
     r.add_argument("--run-dir", required=True, help="new folder for the run's database, config, TensorBoard")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. search.seed=1")
     r.add_argument("--backend", choices=["inprocess", "ray"], help="executor.backend")
     r.add_argument("--address", help="Ray cluster address (executor.address)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
+    r.add_argument("overrides", nargs="*", metavar="KEY VALUE",
+                   help="config overrides in pairs, e.g. search.seed 1 reward.child.epochs 2")
     s = sub.add_parser("resume", help="continue a search (same as --resume)")
     s.add_argument("run_dir")
     s.add_argument("--num-children", type=int, help="change the planned total")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
     t = sub.add_parser("report", help="table of the best architectures and the Fig. 6 plot")
     t.add_argument("run_dirs", nargs="+")
     t.add_argument("--top", type=int, default=5, help="architectures per run in the table")
     t.add_argument("--plot", help="PNG path for the reward-vs-samples plot")
     e = sub.add_parser("export", help="write the top-K genotypes as JSON")
     e.add_argument("run_dir")
-    e.add_argument("--top", type=int, default=1)
-    e.add_argument("--out", help="output folder (default RUN_DIR/export)")
+    e.add_argument("--top", type=int, default=1, help="how many of the best genotypes to write")
+    e.add_argument("--output", help="output folder (default RUN_DIR/export)")
     return p
 
 
+@tool_main
 def main(argv=None) -> int:
-    """Entry point."""
+    """Entry point: exit code 2 and one error line for a bad config, run directory or file."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.resume:
@@ -111,11 +101,7 @@ def main(argv=None) -> int:
         build_parser().print_help()
         return 2
     start = time.time()
-    try:
-        summary = commands[args.command](args)
-    except (ConfigError, StoreError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = commands[args.command](args)
     if summary is not None:
         summary["wall_seconds"] = round(time.time() - start, 1)
         print(json.dumps(summary))

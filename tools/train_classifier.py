@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nasnet_core.convert import CheckpointMismatch  # noqa: E402
-from nasnet_core.train import ConfigError, DataError, Trainer, load_config  # noqa: E402
+from nasnet_core.cli import tool_main
+from nasnet_core.config import load_config
+from nasnet_core.train import Trainer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,8 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@tool_main
 def main(argv=None) -> int:
-    """Build the trainer and run training or evaluation; one-line errors for bad input."""
+    """Build the trainer and run training or evaluation; one-line errors (exit 2) for bad input."""
     args = parse_args(argv)
     trainer = None
     try:
@@ -59,9 +59,6 @@ def main(argv=None) -> int:
             trainer.fit()
             if trainer.rank == 0:
                 print(f"done: {trainer.out / 'last.pth'}, backbone {trainer.out / 'backbone.pth'}")
-    except (ConfigError, DataError, CheckpointMismatch, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         where = trainer.out / "last.pth" if trainer is not None else "the output folder"
         print(f"\ninterrupted; the last complete checkpoint is {where} (continue with --resume)",

@@ -3,7 +3,7 @@
 
     python tools/visualize_json_results.py --dataset nasnet_shapes_val \
         --input output/nasnet_a_mobile_shapes/inference/nasnet_shapes_val/coco_instances_results.json \
-        --output vis_out --conf-threshold 0.5
+        --output vis_out --confidence-threshold 0.5
     python tools/visualize_json_results.py --dataset coco_2014_minival8k \
         --input a/coco_instances_results.json b/coco_instances_results.json --titles R50-C4 NASNet-A
 """
@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nasnet_core.cli import tool_main
 
 
+@tool_main
 def main(argv=None) -> int:
-    """Write one image per dataset image (up to --max-images) into --output."""
+    """Write one image per dataset image (up to --max-images) into --output; exit 2 on bad input."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", nargs="+", required=True, help="one results json, or two to compare")
     ap.add_argument("--dataset", required=True, help="registered dataset the results are over")
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--conf-threshold", type=float, default=0.5)
+    ap.add_argument("--output", required=True, help="folder for the drawn images")
+    ap.add_argument("--confidence-threshold", type=float, default=0.5,
+                    help="draw detections scoring at least this")
     ap.add_argument("--max-images", type=int, default=0, help="0: all")
     ap.add_argument("--titles", nargs="+", help="panel titles for a comparison")
     args = ap.parse_args(argv)
@@ -34,14 +35,9 @@ def main(argv=None) -> int:
 
     if args.dataset not in DatasetCatalog.list():
         known = ", ".join(sorted(DatasetCatalog.list()))
-        print(f"error: unknown dataset {args.dataset!r}; registered: {known}", file=sys.stderr)
-        return 2
-    try:
-        written = draw_results(args.dataset, args.input, args.output, args.conf_threshold, args.max_images,
-                               args.titles)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown dataset {args.dataset!r}; registered: {known}")
+    written = draw_results(args.dataset, args.input, args.output, args.confidence_threshold, args.max_images,
+                           args.titles)
     print(f"wrote {len(written)} image(s) to {args.output}")
     return 0
 

@@ -1,48 +1,46 @@
-"""Child networks: data (CIFAR-10 pickles, Fashion-MNIST IDX), augmentation, training, held-out reward.
+"""Child networks of the search: held-out split, training and reward.
 
-Paper appendix A (nasnet-reference.md section 6): N = 2, CIFAR stem, 20 epochs, single-period
-cosine LR, momentum 0.9, L2 decay; whitened images, random 32x32 crops of 40x40 zero-padded
-images, horizontal flips; reward = accuracy on 5k held-out training images.
+Paper appendix A: a child is NASNet with N = 2 and the CIFAR stem, trained for 20 epochs with
+a single-period cosine LR, momentum 0.9 and L2 weight decay, on whitened images with random
+32x32 crops of 40x40 zero-padded images and horizontal flips; its reward is the accuracy on
+5k held-out training images. A child is trained with the classifier trainer's parts: the
+dataset readers (nasnet_core.datasets), augmentation and sampling (train.data), optimizer
+and schedule (train.optim) and device choice (train.trainer).
 """
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import datasets
+from ..datasets import load_arrays
 from ..registry import create_model
+from ..train.data import ArrayDataset, build_loader
+from ..train.optim import LRSchedule, build_optimizer
+from ..train.trainer import accuracy_counts, resolve_device
 
-__all__ = ["DATASETS", "load_dataset", "split_train_val", "augment", "ChildTrainer", "train_child"]
+__all__ = ["CHILD_IMAGE_SIZE", "ChildData", "split_train_val", "prepare_child_data", "load_child_data",
+           "ChildTrainer", "train_child"]
 
-
-def load_fashion_mnist(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST training set (60k) as uint8 (N, 1, 32, 32) zero-padded from 28x28, labels."""
-    x, y = datasets.load_fashion_mnist(Path(root), train=True)
-    return np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None], y  # 28 -> 32, the child's input size
-
-
-def load_cifar10(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-10 training set (50k) from the python pickle batches as uint8 (N, 3, 32, 32), labels."""
-    x, y = datasets.load_cifar10(Path(root), train=True)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
+CHILD_IMAGE_SIZE = 32  # smaller images (Fashion-MNIST's 28x28) are zero-padded to this
 
 
-DATASETS = {"fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10}
+@dataclass
+class ChildData:
+    """Training and held-out images (N, H, W, C) uint8 with labels, and the whitening statistics."""
 
-
-def load_dataset(name: str, root: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 NCHW, labels) of a registered dataset's training split."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if not Path(root).is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root}")
-    return DATASETS[name](root)
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
 
 
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,22 +51,29 @@ def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
 
-def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crops of the input size from zero-padded images and random horizontal flips (batched)."""
-    n, _, h, w = x.shape
-    if pad:
-        xp = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-        batch = torch.arange(n)[:, None, None, None]
-        chans = torch.arange(x.shape[1])[None, :, None, None]
-        x = xp[batch, chans, rows, cols]
-    if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    return x
+def prepare_child_data(x: np.ndarray, y: np.ndarray, val_size: int, split_seed: int = 0,
+                       train_subset: int = 0, val_subset: int = 0) -> ChildData:
+    """Pad ``x`` (N, H, W, C) uint8 to the child's size, split off the held-out set, take subsets
+    and measure per-channel mean / std on the training part ("whitening")."""
+    p = max(0, (CHILD_IMAGE_SIZE - x.shape[1]) // 2)
+    if p:
+        x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    tr, va = split_train_val(len(x), val_size, split_seed)
+    tr = tr[:train_subset] if train_subset else tr
+    va = va[:val_subset] if val_subset else va
+    train_x = x[tr]
+    stats = [(float(c.mean()), float(c.std())) for c in
+             (train_x[..., i].astype(np.float32) / 255 for i in range(x.shape[-1]))]
+    y = np.asarray(y, dtype=np.int64)
+    return ChildData(train_x, y[tr], x[va], y[va], tuple(m for m, _ in stats), tuple(s for _, s in stats),
+                     int(y.max()) + 1)
+
+
+def load_child_data(dataset: str, data_dir: str | Path, val_size: int = 5000, split_seed: int = 0,
+                    train_subset: int = 0, val_subset: int = 0) -> ChildData:
+    """A dataset's training split read by nasnet_core.datasets and prepared for children."""
+    x, y = load_arrays(dataset, data_dir, train=True)
+    return prepare_child_data(x, y, val_size, split_seed, train_subset, val_subset)
 
 
 class ChildTrainer:
@@ -77,68 +82,53 @@ class ChildTrainer:
     def __init__(self, space, dataset: str, data_dir: str, val_size: int = 5000, split_seed: int = 0,
                  train_subset: int = 0, val_subset: int = 0, **train_kw):
         self.space, self.train_kw = space, train_kw
-        x, y = load_dataset(dataset, data_dir)
-        tr, va = split_train_val(len(x), val_size, split_seed)
-        tr = tr[:train_subset] if train_subset else tr
-        va = va[:val_subset] if val_subset else va
-        # "whiten": per-channel standardisation with training-split statistics
-        xf = torch.from_numpy(x).float().div_(255)
-        mean = xf[tr].mean((0, 2, 3), keepdim=True)
-        std = xf[tr].std((0, 2, 3), keepdim=True)
-        xf = (xf - mean) / std
-        self.train = (xf[tr], torch.from_numpy(y[tr]))
-        self.val = (xf[va], torch.from_numpy(y[va]))
-        self.num_classes = int(y.max()) + 1
+        self.data = load_child_data(dataset, data_dir, val_size, split_seed, train_subset, val_subset)
 
     def __call__(self, child_id: int, decisions: list[int]) -> float:
         """Held-out accuracy of the trained child."""
-        return train_child(self.space.decode(decisions), self.train, self.val, self.num_classes,
-                           **self.train_kw)["val_acc"]
+        return train_child(self.space.decode(decisions), self.data, **self.train_kw)["val_acc"]
 
 
-def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_filters: int = 8,
+def _solver(epochs: int, lr: float, momentum: float, weight_decay: float) -> dict:
+    """The trainer's solver section for the child: SGD, single-period cosine down to 0."""
+    return {"optimizer": "sgd", "lr": lr, "momentum": momentum, "nesterov": False,
+            "weight_decay": weight_decay, "schedule": "cosine", "min_lr": 0.0, "epochs": epochs,
+            "warmup_epochs": 0.0}
+
+
+def train_child(genotype, data: ChildData, N: int = 2, num_conv_filters: int = 8,
                 stem_multiplier: float = 3.0, epochs: int = 20, batch_size: int = 32, lr: float = 0.025,
                 momentum: float = 0.9, weight_decay: float = 5e-4, grad_clip: float = 5.0,
                 crop_pad: int = 4, flip: bool = True, seed: int = 0, device: str = "auto",
-                num_threads: int = 0, eval_batch_size: int = 500) -> dict:
+                num_threads: int = 0, eval_batch_size: int = 500, workers: int = 0) -> dict:
     """Train one child: {'val_acc', 'train_loss', 'steps', 'images', 'train_seconds'}; raises on NaN loss."""
     if num_threads:
         torch.set_num_threads(num_threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device, key="reward.child.device")
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    x_tr, y_tr = train
+    aug = {"pad": crop_pad, "hflip": flip, "cutout": 0}
+    train_set = ArrayDataset(data.train_x, data.train_y, True, aug, data.mean, data.std, seed)
+    loader = build_loader(train_set, batch_size, True, workers, dev.type == "cuda", seed)
     model = create_model("nasnet_a_cifar", genotype=genotype, num_cells=3 * N,
-                         num_conv_filters=num_conv_filters,
-                         stem_multiplier=stem_multiplier, num_classes=num_classes, in_chans=x_tr.shape[1],
+                         num_conv_filters=num_conv_filters, stem_multiplier=stem_multiplier,
+                         num_classes=data.num_classes, in_chans=data.train_x.shape[-1],
                          aux_head=False, drop_path_keep_prob=1.0).to(dev)
-    decay, no_decay = [], []
-    for p in model.parameters():  # L2 on conv/linear weights, not on norm/bias parameters
-        (decay if p.ndim > 1 else no_decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum)
-    steps_per_epoch = max(1, len(x_tr) // batch_size)  # drop the last partial batch
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(  # single-period cosine, per step, down to 0
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    solver = _solver(epochs, lr, momentum, weight_decay)
+    opt, schedule = build_optimizer(model, solver), LRSchedule(solver, len(loader))
     model.train()
     step, start = 0, time.perf_counter()
     loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
     for epoch in range(epochs):
-        perm = torch.randperm(len(x_tr), generator=g)
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            xb = augment(x_tr[idx], crop_pad, flip, g).to(dev, non_blocking=True)
-            yb = y_tr[idx].to(dev, non_blocking=True)
-            loss = F.cross_entropy(model(xb), yb)
+        train_set.epoch = epoch
+        loader.sampler.set_epoch(epoch)
+        for xb, yb in loader:
+            schedule.apply(opt, step)
+            loss = F.cross_entropy(model(xb.to(dev, non_blocking=True)), yb.to(dev, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            sched.step()
             step += 1
             loss_sum += loss.detach()
         if not torch.isfinite(loss_sum):  # checked once per epoch, where it costs one sync
@@ -146,12 +136,17 @@ def train_child(genotype, train, val, num_classes: int, N: int = 2, num_conv_fil
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     train_seconds = time.perf_counter() - start
+    val_set = ArrayDataset(data.val_x, data.val_y, False, aug, data.mean, data.std, seed)
+    return {"val_acc": _accuracy(model, val_set, eval_batch_size, dev),
+            "train_loss": loss_sum.item() / max(step, 1), "steps": step, "images": step * batch_size,
+            "train_seconds": train_seconds}
+
+
+@torch.no_grad()
+def _accuracy(model: torch.nn.Module, val_set: ArrayDataset, batch_size: int, dev: torch.device) -> float:
+    """Top-1 accuracy (fraction) of ``model`` on ``val_set``."""
     model.eval()
     correct = 0
-    x_va, y_va = val
-    with torch.no_grad():
-        for i in range(0, len(x_va), eval_batch_size):
-            logits = model(x_va[i:i + eval_batch_size].to(dev))
-            correct += int((logits.argmax(1).cpu() == y_va[i:i + eval_batch_size]).sum())
-    return {"val_acc": correct / len(x_va), "train_loss": loss_sum.item() / max(step, 1), "steps": step,
-            "images": step * batch_size, "train_seconds": train_seconds}
+    for xb, yb in build_loader(val_set, batch_size, False, 0, False, 0):
+        correct += accuracy_counts(model(xb.to(dev)).cpu(), yb, ks=(1,))[0]
+    return correct / len(val_set)

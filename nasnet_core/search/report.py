@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write, atomic_write_text
 from .runner import topk_means
 from .store import RunStore
 
@@ -75,13 +75,10 @@ def plot_runs(runs: list[dict], out: str | Path, ks=(1, 5, 25), title: str | Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    try:
+        return atomic_write(out, lambda f: fig.savefig(f, dpi=120, format=Path(out).suffix[1:] or "png"))
+    finally:
+        plt.close(fig)
 
 
 def export_top(run: dict, top: int, out_dir: str | Path) -> list[Path]:

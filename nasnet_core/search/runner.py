@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 from pathlib import Path
 
-from ..fileio import atomic_write_text
-from .config import dump_config, load_config
+from ..config import SEARCH, load_config, write_config
 from .executor import make_executor
 from .rewards import build_space
 from .store import RunStore
@@ -29,7 +27,7 @@ def _genotype_text(space, decisions) -> str | None:
 
 def check_config(cfg: dict) -> None:
     """Fail fast, before anything is written, on names the workers would only reject later."""
-    from .child import DATASETS
+    from ..datasets import DATASETS
     from .executor import EXECUTORS
     from .rewards import REWARDS
 
@@ -49,13 +47,13 @@ def check_config(cfg: dict) -> None:
 
 def start_search(run_dir: str | Path, config: dict | None = None, progress: bool = True) -> dict:
     """Create ``run_dir`` for a new search with a resolved ``config`` and run it to completion."""
-    cfg = config if config is not None else load_config()
+    cfg = config if config is not None else load_config(schema=SEARCH)
     check_config(cfg)
     space = build_space(cfg["space"])
     strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
                              **cfg["search"]["strategy_hparams"])
     store = RunStore(run_dir, create=True)
-    atomic_write_text(Path(run_dir) / "config.yaml", dump_config(cfg))
+    write_config(cfg, Path(run_dir) / "config.yaml", SEARCH)
     store.init({"config": cfg, "space": space.to_dict()}, state_to_bytes(strategy.state_dict()),
                _counts(strategy))
     return _run(store, cfg, space, strategy, progress)
@@ -101,10 +99,8 @@ def _run(store: RunStore, cfg: dict, space, strategy, progress: bool) -> dict:
             if executor.pending() == 0:
                 break
             for child_id, result in executor.wait():
-                decisions = store.db.execute("SELECT decisions FROM children WHERE id = ?",
-                                             (child_id,)).fetchone()[0]
                 if result["status"] == "done":
-                    strategy.tell([(json.loads(decisions), result["reward"])])
+                    strategy.tell([(store.decisions(child_id), result["reward"])])
                     state = state_to_bytes(strategy.state_dict())
                 else:
                     state = None  # a failed child teaches the strategy nothing

@@ -152,6 +152,13 @@ class RunStore:
         rows = self.db.execute(q, (status,) if status else ()).fetchall()
         return [dict(r, decisions=json.loads(r["decisions"])) for r in rows]
 
+    def decisions(self, child_id: int) -> list[int]:
+        """The decision list of one child; StoreError if there is no such child."""
+        row = self.db.execute("SELECT decisions FROM children WHERE id = ?", (child_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no child {child_id} in {self.path}")
+        return json.loads(row["decisions"])
+
     def count(self, status: str | None = None) -> int:
         """Number of children (of one status)."""
         if status is None:

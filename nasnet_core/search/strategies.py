@@ -142,7 +142,7 @@ class PolicyGradient(Strategy):
     """LSTM controller trained by PPO (clipped objective) or REINFORCE, EMA reward baseline."""
 
     name = "ppo"
-    # Paper appendix A.2-A.3 (via nasnet-reference.md section 6): 100 units, U(-0.1, 0.1), lr 0.00035,
+    # Paper appendix A.2-A.3: 100 units, U(-0.1, 0.1), lr 0.00035,
     # entropy 1e-5, EMA baseline 0.95, minibatches of 20. clip/epochs/optimizer are not in the paper.
     HPARAMS = dict(
         hidden=100,            # LSTM units

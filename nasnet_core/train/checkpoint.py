@@ -1,32 +1,27 @@
-"""Training checkpoints: reading them, and RNG state capture (exact resume)."""
+"""Training checkpoints: checking what was read, and RNG state capture (exact resume)."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["read_checkpoint", "load_training_checkpoint", "rng_state", "set_rng_state"]
+from ..fileio import read_checkpoint
+
+__all__ = ["load_training_checkpoint", "is_training_checkpoint", "rng_state", "set_rng_state"]
 
 
-def read_checkpoint(path: str | Path) -> Any:
-    """torch.load a checkpoint file; FileNotFoundError or one ValueError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means an unreadable file
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+def is_training_checkpoint(ckpt) -> bool:
+    """Whether a loaded checkpoint is one the trainer wrote (weights, optimizer, step, RNG states)."""
+    return isinstance(ckpt, dict) and "model" in ckpt and "step" in ckpt
 
 
 def load_training_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by the trainer; one clear error if it is not one."""
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
+    ckpt = read_checkpoint(path, weights_only=False)
+    if not is_training_checkpoint(ckpt):
         raise ValueError(f"{path} is not a training checkpoint (no 'model' / 'step'); "
                          "--eval-only also accepts exported backbone checkpoints")
     return ckpt

@@ -9,7 +9,6 @@ process count or on where a run was resumed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..datasets import DataError, load_cifar10, load_fashion_mnist, read_cifar_batch, read_idx
+from ..datasets import DATASETS, DataError, check_root, load_arrays
 
-__all__ = ["DataError", "DATASETS", "DatasetInfo", "build_dataset", "build_loader", "EpochSampler",
-           "read_idx", "read_cifar_batch", "IMAGE_EXTENSIONS"]
+__all__ = ["DataError", "DatasetInfo", "ArrayDataset", "build_dataset", "build_loader", "EpochSampler",
+           "IMAGE_EXTENSIONS", "random_resized_box", "dataset_names"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
@@ -34,15 +33,6 @@ class DatasetInfo:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-
-
-def _check_root(path: str, dataset: str) -> Path:
-    if not path:
-        raise DataError(f"no data path for {dataset}: set data.path or pass --data")
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{dataset} data path does not exist or is not a folder: {root}")
-    return root
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -154,22 +144,12 @@ def _limit(n: int, limit: int) -> slice:
     return slice(0, min(n, limit) if limit else n)
 
 
-def _build_cifar10(cfg: dict, seed: int, arch_size: int):
-    root = _check_root(cfg["path"], "cifar10")
-    tr_x, tr_y = load_cifar10(root, train=True)
-    va_x, va_y = load_cifar10(root, train=False)
-    mean, std = cfg["mean"] or (0.4914, 0.4822, 0.4465), cfg["std"] or (0.2470, 0.2435, 0.2616)
-    return _array_pair(cfg, seed, tr_x, tr_y, va_x, va_y, 10, mean, std, "cifar10")
-
-
-def _build_fashion_mnist(cfg: dict, seed: int, arch_size: int):
-    root = _check_root(cfg["path"], "fashion_mnist")
-    arrays = {}
-    for split in ("train", "val"):
-        imgs, labs = load_fashion_mnist(root, train=split == "train")
-        arrays[split] = (imgs[..., None], labs)
-    mean, std = cfg["mean"] or (0.2860,), cfg["std"] or (0.3530,)
-    return _array_pair(cfg, seed, *arrays["train"], *arrays["val"], 10, mean, std, "fashion_mnist")
+def _build_arrays(name: str, cfg: dict, seed: int):
+    spec = DATASETS[name]
+    tr_x, tr_y = load_arrays(name, cfg["path"], train=True)
+    va_x, va_y = load_arrays(name, cfg["path"], train=False)
+    mean, std = cfg["mean"] or spec.mean, cfg["std"] or spec.std
+    return _array_pair(cfg, seed, tr_x, tr_y, va_x, va_y, spec.num_classes, mean, std, name)
 
 
 def _array_pair(cfg, seed, tr_x, tr_y, va_x, va_y, num_classes, mean, std, name):
@@ -222,7 +202,7 @@ def _verify_image(path: Path) -> None:
 
 
 def _build_imagenet(cfg: dict, seed: int, arch_size: int):
-    root = _check_root(cfg["path"], "imagenet")
+    root = check_root(cfg["path"], "imagenet")
     train_s, classes = _scan_split(root, "train", None)
     val_s, _ = _scan_split(root, "val", classes)
     size = cfg["image_size"] or arch_size
@@ -234,19 +214,19 @@ def _build_imagenet(cfg: dict, seed: int, arch_size: int):
             DatasetInfo(len(classes), 3, size, tuple(mean), tuple(std)))
 
 
-DATASETS: dict[str, Callable] = {
-    "cifar10": _build_cifar10,
-    "imagenet": _build_imagenet,
-    "fashion_mnist": _build_fashion_mnist,
-}
+def dataset_names() -> list[str]:
+    """Datasets classification training reads: the in-memory ones of nasnet_core.datasets and imagenet."""
+    return [*DATASETS, "imagenet"]
 
 
 def build_dataset(cfg: dict, seed: int = 0, arch_size: int = 224):
     """``(train, val, DatasetInfo)`` for ``cfg['dataset']``; checks every file it will need."""
     name = cfg["dataset"]
+    if name == "imagenet":
+        return _build_imagenet(cfg, seed, arch_size)
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    return DATASETS[name](cfg, seed, arch_size)
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    return _build_arrays(name, cfg, seed)
 
 
 # ------------------------------------------------------------------------ sampling

@@ -15,14 +15,14 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import registry
+from ..config import flatten, write_config
 from ..convert import load_checkpoint, save_checkpoint
-from ..fileio import atomic_torch_save, atomic_write_text
-from .checkpoint import load_training_checkpoint, read_checkpoint, rng_state, set_rng_state
-from .config import flatten, write_config
+from ..fileio import atomic_torch_save, atomic_write_text, read_checkpoint
+from .checkpoint import is_training_checkpoint, load_training_checkpoint, rng_state, set_rng_state
 from .data import build_dataset, build_loader
 from .optim import LRSchedule, ModelEMA, build_optimizer, smoothed_cross_entropy
 
-__all__ = ["Trainer", "model_overrides", "accuracy_counts", "TOGGLES"]
+__all__ = ["Trainer", "model_overrides", "accuracy_counts", "resolve_device", "TOGGLES"]
 
 # Keys that may differ between a run and its resumption without changing the result.
 _RESUME_FREE = {"data.path", "data.workers", "data.pin_memory", "train.output_dir", "train.threads",
@@ -46,6 +46,16 @@ def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> li
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hit = top == target[:, None]
     return [int(hit[:, :k].any(1).sum()) for k in ks]
+
+
+def resolve_device(name: str, index: int = 0, key: str = "train.device") -> torch.device:
+    """The torch device of a config value: auto (CUDA when visible) | cpu | cuda (``index``-th GPU)."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{key} must be auto, cpu or cuda, got {name!r}")
+    use_cuda = torch.cuda.is_available() if name == "auto" else name == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"{key} is cuda but no CUDA device is available")
+    return torch.device("cuda", index) if use_cuda else torch.device("cpu")
 
 
 def _check_finite(loss: float, where: str) -> None:
@@ -117,13 +127,8 @@ class Trainer:
     def _setup_distributed(self, device: str) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"train.device must be auto, cpu or cuda, got {device!r}")
-        use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-        if use_cuda and not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no CUDA device is available")
-        self.device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+        self.device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        use_cuda = self.device.type == "cuda"
         if use_cuda:
             torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
@@ -316,8 +321,8 @@ class Trainer:
 
     def evaluate_checkpoint(self, path: str | Path) -> dict:
         """Load a training checkpoint (its EMA when present) or an exported backbone, then evaluate."""
-        ckpt = read_checkpoint(path)
-        if isinstance(ckpt, dict) and "model" in ckpt and "step" in ckpt:
+        ckpt = read_checkpoint(path, weights_only=False)
+        if is_training_checkpoint(ckpt):
             state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
             self.model.load_state_dict(state)
             source = "EMA weights" if ckpt.get("ema") else "model weights"

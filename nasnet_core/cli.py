@@ -1,0 +1,44 @@
+"""What every tool in tools/ shares: bad input ends in one ``error:`` line on stderr and exit code 2.
+
+The project's own errors (ConfigError, DataError, CheckpointMismatch, GenotypeError, SpaceError
+are ValueErrors; StoreError; a missing file) are caught here, at the top of each tool, so no
+tool prints a traceback for input it rejects.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line"]
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def _store_error() -> type[BaseException]:
+    from .search.store import StoreError  # imported late: the search needs nothing of the CLI
+
+    return StoreError
+
+
+def one_line(error: BaseException) -> str:
+    """``str(error)`` on one line."""
+    return " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+
+
+def run_tool(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; on a project error print ``error: <message>`` (one line) and return 2."""
+    try:
+        return main(argv) or 0
+    except (*USER_ERRORS, _store_error()) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def tool_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
+    """Decorator for a tool's ``main(argv)``: the same function, run through ``run_tool``."""
+    @functools.wraps(main)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        return run_tool(main, argv)
+    return wrapper

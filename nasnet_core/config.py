@@ -1,0 +1,313 @@
+"""Configs of classification training and architecture search: one schema format, one loader.
+
+A schema is a list of ``Key(name, default, type, comment)`` with dotted names
+(``solver.lr``, ``reward.child.epochs``). A config is the nested dict of those keys. YAML
+files and ``KEY VALUE`` overrides (``solver.epochs 1 train.threads 1``, the Detectron2
+command-line syntax) may only set keys of the schema, with a value of the key's type;
+anything else raises one ConfigError naming the key. A new config key goes into
+``CLASSIFICATION`` or ``SEARCH`` here, with its default, type and comment.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .fileio import atomic_write_text, read_yaml_mapping
+
+__all__ = ["ConfigError", "Key", "Schema", "CLASSIFICATION", "SEARCH", "load_config",
+           "apply_overrides", "dump_config", "write_config", "flatten", "CLASSIFICATION_KEYS", "SEARCH_KEYS"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed, names an unknown key or has a wrong type."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: dotted name, default (None: nullable), type and a one-line comment."""
+
+    name: str
+    default: Any
+    type: type
+    comment: str
+
+
+_TOGGLE_VALUES = ("auto", "on", "off")
+
+
+def _coerce(key: Key, value: Any) -> Any:
+    """``value`` checked against ``key.type`` (and converted where YAML 1.1 reads it oddly)."""
+    if value is None:
+        if key.default is None or key.type is dict:
+            return {} if key.type is dict else None
+        raise ConfigError(f"config key {key.name!r} may not be null (default {key.default!r})")
+    t = key.type
+    if t is float and isinstance(value, str):  # YAML 1.1 reads "5e-05" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if t is str and isinstance(value, bool) and key.default in _TOGGLE_VALUES:
+        return "on" if value else "off"  # YAML 1.1 reads bare on/off as booleans
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {bool: isinstance(value, bool), int: number and isinstance(value, int), float: number}.get(
+        t, isinstance(value, t))
+    if not ok:
+        raise ConfigError(f"config key {key.name!r} expects {t.__name__} (default {key.default!r}), "
+                          f"got {value!r}")
+    if t is float:
+        return float(value)
+    return dict(value) if t is dict else value
+
+
+class Schema:
+    """An ordered set of Keys: defaults, checked updates from files and overrides, commented dump."""
+
+    def __init__(self, name: str, keys: list[Key]):
+        self.name = name
+        self.keys = {k.name: k for k in keys}
+        self.sections = {k.name.rsplit(".", i)[0] for k in keys for i in range(1, k.name.count(".") + 1)}
+
+    def defaults(self) -> dict:
+        """A fresh nested config holding every key's default."""
+        cfg: dict = {}
+        for key in self.keys.values():
+            *parents, leaf = key.name.split(".")
+            node = cfg
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = copy.deepcopy(key.default)
+        return cfg
+
+    def _unknown(self, dotted: str) -> ConfigError:
+        parent = dotted.rpartition(".")[0]
+        tops = sorted({k.split(".")[0] for k in self.keys})
+        close = difflib.get_close_matches(dotted, list(self.keys) + tops, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        if parent in self.sections:
+            known = [k.rpartition(".")[2] for k in self.keys if k.rpartition(".")[0] == parent]
+            known += sorted(s.rpartition(".")[2] for s in self.sections if s.rpartition(".")[0] == parent)
+            where = f"known keys in {parent!r}: {', '.join(known)}"
+        else:
+            where = f"known sections: {', '.join(tops)}"
+        return ConfigError(f"unknown {self.name} config key {dotted!r}{hint}; {where}")
+
+    def set(self, cfg: dict, dotted: str, value: Any) -> None:
+        """Set key (or, with a mapping, every key of section) ``dotted`` in ``cfg`` after checking it."""
+        if dotted in self.sections:
+            if value is None:
+                return
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {dotted!r} must be a mapping, got {value!r}")
+            for sub, v in value.items():
+                self.set(cfg, f"{dotted}.{sub}", v)
+            return
+        if dotted not in self.keys:
+            raise self._unknown(dotted)
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[leaf] = _coerce(self.keys[dotted], value)
+
+    def update(self, cfg: dict, data: dict) -> dict:
+        """``cfg`` updated in place with the nested mapping ``data`` (a YAML file's content)."""
+        for top, value in data.items():
+            if top not in self.sections:
+                raise self._unknown(str(top))
+            self.set(cfg, top, value)
+        return cfg
+
+    def dump(self, cfg: dict) -> str:
+        """YAML text of ``cfg``, every key with its comment (loads back to ``cfg``)."""
+        lines: list[str] = []
+        prev: list[str] = []
+        flat = flatten(cfg)
+        for key in self.keys.values():
+            *parents, leaf = key.name.split(".")
+            common = next((i for i, (a, b) in enumerate(zip(parents, prev)) if a != b),
+                          min(len(parents), len(prev)))
+            for depth in range(common, len(parents)):
+                lines.append(f"{'  ' * depth}{parents[depth]}:")
+            prev = parents
+            value = yaml.safe_dump(flat[key.name], default_flow_style=True, width=10**6).strip()
+            value = value.removesuffix("...").strip()
+            lines.append(f"{'  ' * len(parents)}{leaf}: {value}  # {key.comment}")
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------- keys
+# (name, default, type, comment); a default of None means "null: decided elsewhere" (nullable).
+CLASSIFICATION_KEYS = [
+    ("model.arch", "nasnet_a_cifar", str, "registered nasnet_core model (nasnet_core.list_models())"),
+    ("model.genotype", None, str, "genotype: registered name, text form or a JSON file from the "
+                                 "search (null: the arch's, NASNet-A)"),
+    ("model.N", None, int, "normal cells per stage (null: the arch's)"),
+    ("model.F", None, int, "penultimate width, 24 x num_conv_filters for NASNet-A (null: the arch's)"),
+    ("model.stem", None, str, "imagenet | cifar (null: the arch's)"),
+    ("model.aux_head", True, bool, "auxiliary classifier after the 2nd stage (training only)"),
+    ("model.drop_path_keep_prob", None, float, "ScheduledDropPath final keep prob of the last cell "
+                                              "(null: the arch's; 1.0 = off)"),
+    ("model.dropout", None, float, "dropout before the classifier (null: the arch's)"),
+    ("model.norm", "BN", str, "BN | SyncBN | FrozenBN | GN"),
+    ("model.pad_mode", "tf", str, "tf | timm (stride-2 padding semantics)"),
+    ("data.dataset", "cifar10", str, "cifar10 | imagenet | fashion_mnist"),
+    ("data.path", "", str, "dataset root (CIFAR python batches, ImageNet train/ val/ folders, "
+                           "Fashion-MNIST IDX files); --data overrides it"),
+    ("data.image_size", None, int, "training and eval crop size (null: the dataset's native size, "
+                                   "or the arch's image_size for imagenet)"),
+    ("data.crop_pct", 0.875, float, "imagenet eval: resize the shorter side to image_size / crop_pct, "
+                                    "then centre-crop"),
+    ("data.min_scale", 0.08, float, "imagenet train: smallest area fraction of the random-resized crop"),
+    ("data.pad", 4, int, "cifar10 / fashion_mnist train: zero-pad then random crop back (0 = off)"),
+    ("data.hflip", True, bool, "random horizontal flips for training"),
+    ("data.cutout", 0, int, "cutout square side in pixels (0 = off; paper: 16 on CIFAR-10)"),
+    ("data.mean", None, list, "per-channel normalisation mean (null: the dataset's default)"),
+    ("data.std", None, list, "per-channel normalisation std (null: the dataset's default)"),
+    ("data.train_limit", 0, int, "use only the first K training examples (0 = all); for smoke runs"),
+    ("data.val_limit", 0, int, "use only the first K validation examples (0 = all)"),
+    ("data.workers", 4, int, "data-loader worker processes per training process"),
+    ("data.pin_memory", True, bool, "pinned host memory for faster copies to the GPU"),
+    ("solver.epochs", 600, int, "training epochs"),
+    ("solver.batch_size", 32, int, "images per step per process (global batch = this x world size)"),
+    ("solver.optimizer", "sgd", str, "sgd (momentum) | rmsprop (TF semantics)"),
+    ("solver.lr", 0.025, float, "peak learning rate"),
+    ("solver.momentum", 0.9, float, "SGD / RMSProp momentum"),
+    ("solver.nesterov", False, bool, "Nesterov momentum for SGD"),
+    ("solver.rmsprop_decay", 0.9, float, "RMSProp decay of the squared-gradient average"),
+    ("solver.rmsprop_eps", 1.0, float, "RMSProp epsilon, inside the square root as in TensorFlow"),
+    ("solver.weight_decay", 5e-4, float, "L2 on conv / FC weights (TF-slim regularises weights only)"),
+    ("solver.schedule", "cosine", str, "cosine | exponential | constant (per step)"),
+    ("solver.warmup_epochs", 0.0, float, "linear warmup from lr/W to lr over this many epochs"),
+    ("solver.decay_rate", 0.97, float, "exponential schedule: multiply lr by this ..."),
+    ("solver.decay_epochs", 2.4, float, "... every this many epochs"),
+    ("solver.staircase", True, bool, "exponential schedule: decay in steps (TF staircase, true) "
+                                     "or smoothly (false)"),
+    ("solver.min_lr", 0.0, float, "cosine schedule: final learning rate"),
+    ("solver.label_smoothing", 0.0, float, "target = (1 - e) one_hot + e / K"),
+    ("solver.aux_weight", 0.4, float, "loss weight of the auxiliary head"),
+    ("solver.grad_clip", 5.0, float, "clip the global gradient norm to this (0 = off)"),
+    ("solver.ema_decay", 0.0, float, "parameter EMA decay (0 = off); when on, evaluation and the "
+                                   "exported backbone use the EMA weights"),
+    ("train.output_dir", "runs/classification", str, "checkpoints, TensorBoard events, resolved config"),
+    ("train.seed", 0, int, "seed of sampling order, augmentation, init, dropout and drop-path"),
+    ("train.deterministic", False, bool, "deterministic kernels (torch.use_deterministic_algorithms)"),
+    ("train.device", "auto", str, "auto | cpu | cuda"),
+    ("train.amp", "auto", str, "bf16 autocast: auto (on for CUDA) | on | off"),
+    ("train.channels_last", "auto", str, "channels_last memory format: auto (on for CUDA) | on | off"),
+    ("train.eval_every", 1, int, "evaluate every this many epochs (and always at the end)"),
+    ("train.keep_every", 0, int, "also keep epoch_XXXX.pth every this many epochs (0 = only last.pth)"),
+    ("train.log_every", 10, int, "write TensorBoard training scalars every this many steps"),
+    ("train.threads", 0, int, "CPU threads for torch (0 = torch's default)"),
+]
+
+SEARCH_KEYS = [
+    ("search.strategy", "ppo", str, "ppo | reinforce | random (nasnet_core.search.STRATEGIES)"),
+    ("search.strategy_hparams", {}, dict, "overrides of the strategy's HPARAMS (e.g. lr, batch_size)"),
+    ("search.num_children", 48, int, "children to sample in all; failed children count too"),
+    ("search.seed", 0, int, "strategy seed (controller init and sampling)"),
+    ("search.max_in_flight", 0, int, "children queued or running at once; 0 = 1 in-process, "
+                                     "2 x slots on Ray"),
+    ("space.variant", "A", str, "paper variant A | B | C (nasnet_core.search.SPACE_VARIANTS)"),
+    ("space.num_blocks", None, int, "B, blocks per cell (null: the variant's)"),
+    ("space.ops", None, list, "list of op names (null: the paper's 13 ops)"),
+    ("space.combiners", None, list, "list of combiners (null: the variant's)"),
+    ("space.output", None, str, "unused | all (null: the variant's)"),
+    ("executor.backend", "inprocess", str, "inprocess (one child at a time) | ray"),
+    ("executor.address", None, str, "Ray cluster address, e.g. auto or ray://host:10001 (null: local)"),
+    ("executor.num_cpus", None, int, "CPUs for a local Ray instance (null: all)"),
+    ("executor.cpus_per_child", 1, int, "Ray CPUs reserved per child"),
+    ("executor.gpus_per_child", None, float, "Ray GPUs per child (null: 1 when the cluster has GPUs, "
+                                             "else 0)"),
+    ("executor.max_retries", 3, int, "Ray re-runs of a child whose worker process died"),
+    ("reward.name", "child", str, "child (train a child network) | synthetic (tests, demos)"),
+    ("reward.child.dataset", "fashion_mnist", str, "fashion_mnist (IDX files, .gz or not) | cifar10 "
+                                           "(python pickles)"),
+    ("reward.child.data_dir", "/usr/share/datasets/fashion-mnist", str, "folder holding the dataset's files"),
+    ("reward.child.val_size", 5000, int, "held-out images taken from the training set (paper: 5k of 50k)"),
+    ("reward.child.split_seed", 0, int, "seed of the fixed train/held-out split"),
+    ("reward.child.train_subset", 0, int, "use only this many training images (0 = all)"),
+    ("reward.child.val_subset", 0, int, "use only this many held-out images (0 = all)"),
+    ("reward.child.N", 2, int, "normal cells per stage (paper's child: 2)"),
+    ("reward.child.num_conv_filters", 8, int, "filters of the first stage (F = 24 x this for NASNet-A)"),
+    ("reward.child.stem_multiplier", 3.0, float, "CIFAR stem width = num_conv_filters x this"),
+    ("reward.child.epochs", 20, int, "training epochs (paper's child: 20)"),
+    ("reward.child.batch_size", 32, int, "SGD batch size"),
+    ("reward.child.lr", 0.025, float, "peak LR of the single-period cosine schedule"),
+    ("reward.child.momentum", 0.9, float, "SGD momentum (paper: 0.9)"),
+    ("reward.child.weight_decay", 5e-4, float, "L2 weight decay"),
+    ("reward.child.grad_clip", 5.0, float, "gradient-norm clip (0 = off)"),
+    ("reward.child.crop_pad", 4, int, "random crops of the input size from images zero-padded by this "
+                              "(paper: 32x32 from 40x40)"),
+    ("reward.child.flip", True, bool, "random horizontal flips (paper: yes)"),
+    ("reward.child.seed", 0, int, "seed of weight init and batch order (the same for every child)"),
+    ("reward.child.device", "auto", str, "auto (cuda when visible) | cpu | cuda"),
+    ("reward.child.num_threads", 0, int, "torch CPU threads per child (0 = torch's default)"),
+    ("reward.child.eval_batch_size", 500, int, "batch size for held-out accuracy"),
+    ("reward.child.workers", 0, int, "data-loader worker processes per child (0 = crop/flip in the "
+                                     "training process)"),
+    ("reward.synthetic.target_seed", 0, int, "seed drawing the optimum; reward = fraction of decisions "
+                                             "equal to it"),
+    ("reward.synthetic.noise", 0.0, float, "std of Gaussian noise added to the reward"),
+    ("reward.synthetic.delay", 0.0, float, "seconds each evaluation sleeps (to mimic training time)"),
+    ("reward.synthetic.faults", {}, dict, "child id -> raise | nan | die_once (fault injection for tests)"),
+    ("reward.synthetic.fault_dir", None, str, "folder for die_once markers (a worker dies on the first "
+                                              "attempt)"),
+]
+
+
+CLASSIFICATION = Schema("classification", [Key(*k) for k in CLASSIFICATION_KEYS])
+SEARCH = Schema("search", [Key(*k) for k in SEARCH_KEYS])
+
+
+def apply_overrides(cfg: dict, overrides: list, schema: Schema = CLASSIFICATION) -> dict:
+    """Apply ``["section.key", "value", ...]`` pairs; string values are parsed as YAML scalars."""
+    overrides = list(overrides)
+    if len(overrides) % 2:
+        raise ConfigError(f"overrides come in KEY VALUE pairs, got an odd list: {overrides}")
+    for key, raw in zip(overrides[::2], overrides[1::2]):
+        value = raw
+        if isinstance(raw, str):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+        schema.set(cfg, str(key), value)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list | None = None,
+                schema: Schema = CLASSIFICATION) -> dict:
+    """Defaults of ``schema``, updated by the YAML file at ``path``, then by ``KEY VALUE`` overrides."""
+    cfg = schema.defaults()
+    if path is not None:
+        schema.update(cfg, read_yaml_mapping(path, ConfigError))
+    return apply_overrides(cfg, overrides or [], schema)
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"section.key": value}`` view of a nested config (free-form mappings stay whole)."""
+    out = {}
+    for k, v in cfg.items():
+        dotted = f"{prefix}{k}"
+        if isinstance(v, dict) and not (dotted in CLASSIFICATION.keys or dotted in SEARCH.keys):
+            out.update(flatten(v, dotted + "."))
+        else:
+            out[dotted] = v
+    return out
+
+
+def dump_config(cfg: dict, schema: Schema = CLASSIFICATION) -> str:
+    """Commented YAML text of ``cfg``."""
+    return schema.dump(cfg)
+
+
+def write_config(cfg: dict, path: str | Path, schema: Schema = CLASSIFICATION) -> Path:
+    """Write the commented resolved config atomically."""
+    return atomic_write_text(path, schema.dump(cfg))
