@@ -167,7 +167,7 @@ CLASSIFICATION_KEYS = [
     ("data.min_scale", 0.08, float, "imagenet train: smallest area fraction of the random-resized crop"),
     ("data.pad", 4, int, "cifar10 / fashion_mnist train: zero-pad then random crop back (0 = off)"),
     ("data.hflip", True, bool, "random horizontal flips for training"),
-    ("data.cutout", 0, int, "cutout square side in pixels (0 = off; paper: 16 on CIFAR-10)"),
+    ("data.cutout", 0, int, "cutout square side in px (0 = off; 16 usual on CIFAR-10, the paper gives none)"),
     ("data.mean", None, list, "per-channel normalisation mean (null: the dataset's default)"),
     ("data.std", None, list, "per-channel normalisation std (null: the dataset's default)"),
     ("data.train_limit", 0, int, "use only the first K training examples (0 = all); for smoke runs"),
