@@ -108,3 +108,29 @@ def test_training_step_at_each_coco_structure(config_file):
         assert 10 <= crops[0] <= 64 and crops[-1] == model.roi_heads.pooler.output_size[0]
         if "nasnet" in config_file:
             assert (crops[-1], out[-1]) == (17, 9)
+
+
+def test_trainer_ramps_drop_path_in_both_parts_and_clips_gradients(tmp_path):
+    """Two real Trainer iterations: its hook set the step in backbone and head; SGD clips at 10."""
+    from detectron2.data import DatasetCatalog
+
+    from nasnet_det import datasets, shapes
+    from nasnet_det.engine import Trainer
+
+    shapes.generate(tmp_path / "s", "train", count=4)
+    if "test_coco_trainer_shapes" not in DatasetCatalog.list():
+        datasets.register_shapes("test_coco_trainer_shapes", "train", tmp_path / "s")
+    cfg = make_cfg("configs/quick_schedules/nasnet_a_mobile_shapes.yaml", [
+        "MODEL.NASNET.N", 1, "MODEL.NASNET.F", 192, "MODEL.NASNET.DROP_PATH_KEEP_PROB", 0.7,
+        "SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 2,
+        "SOLVER.WARMUP_ITERS", 0, "DATASETS.TRAIN", ("test_coco_trainer_shapes",), "DATASETS.TEST", (),
+        "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "out")])
+    trainer = Trainer(cfg)
+    assert "GradientClip" in type(trainer.optimizer).__name__
+    trainer.train()
+    model = trainer.model
+    head = model.roi_heads.res5.nasnet
+    last_bb = model.backbone.nasnet.cell_specs[model.backbone.end - 1].name
+    # the hook ran before iteration 1 of 2: half the ramp
+    assert getattr(head, head.cell_specs[-1].name).drop_path_keep == pytest.approx(0.85)
+    assert 0.85 < getattr(model.backbone.nasnet, last_bb).drop_path_keep < 1.0
