@@ -44,16 +44,16 @@ def test_second_stage_rpn_and_losses_as_tf(config_file):
 
 
 def test_recipes_give_800_and_1200_the_same_epochs():
-    a, b, m = make_cfg(LARGE_800), make_cfg(LARGE_1200), make_cfg(MOBILE_600)
-    for key in ("IMS_PER_BATCH", "BASE_LR", "STEPS", "MAX_ITER", "WARMUP_ITERS", "WEIGHT_DECAY"):
+    a, b = make_cfg(LARGE_800), make_cfg(LARGE_1200)
+    for key in ("IMS_PER_BATCH", "BASE_LR", "STEPS", "MAX_ITER", "WARMUP_ITERS", "WEIGHT_DECAY", "GAMMA"):
         assert a.SOLVER[key] == b.SOLVER[key], key
-    images = a.SOLVER.IMS_PER_BATCH * a.SOLVER.MAX_ITER
-    assert images == m.SOLVER.IMS_PER_BATCH * m.SOLVER.MAX_ITER == 1_440_000
-    # linear LR scaling and warm-up over the same number of images
-    for c in (a, m):
-        assert c.SOLVER.BASE_LR / c.SOLVER.IMS_PER_BATCH == pytest.approx(0.02 / 16)
-        assert c.SOLVER.WARMUP_ITERS * c.SOLVER.IMS_PER_BATCH == 16_000
-        assert [s * c.SOLVER.IMS_PER_BATCH for s in c.SOLVER.STEPS] == [960_000, 1_280_000]
+    for c in map(make_cfg, COCO):  # every COCO config: 1.44 M images, LR scaled to the batch
+        s = c.SOLVER
+        assert s.IMS_PER_BATCH * s.MAX_ITER == 1_440_000 and s.IMS_PER_BATCH % 8 == 0
+        assert s.BASE_LR / s.IMS_PER_BATCH == pytest.approx(0.02 / 16)
+        assert s.WARMUP_ITERS * s.IMS_PER_BATCH == 16_000
+        assert [x * s.IMS_PER_BATCH for x in s.STEPS] == [960_000, 1_280_000]
+    assert a.SOLVER.WEIGHT_DECAY == 5e-5 and make_cfg(MOBILE_600).SOLVER.WEIGHT_DECAY == 4e-5
 
 
 def _meta_model(config_file):

@@ -34,6 +34,7 @@ import weakref
 from pathlib import Path
 
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -101,6 +102,34 @@ class SavedBytes:
         return self._ctx.__exit__(*exc)
 
 
+def calibrated_model(config: Path, opts: list, batch: list[dict]):
+    """The config's model, its BN statistics taken from ``batch`` before freezing as configured.
+
+    Random init has no statistics: FrozenBN at identity lets activations grow cell by cell until
+    the RPN proposes nothing. So the model is built with BN, run once on the batch (running
+    statistics = batch statistics), then BN becomes FrozenBN where the config freezes it, as
+    ImageNet weights would leave it.
+    """
+    cfg = setup_cfg_plain(str(config), opts)
+    frozen_bn = "FrozenBN" in (cfg.MODEL.NASNET.NORM, cfg.MODEL.RESNETS.NORM)
+    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
+    cfg = setup_cfg_plain(str(config), opts + ["MODEL.NASNET.NORM", "BN", "MODEL.RESNETS.NORM", "BN",
+                                               "MODEL.BACKBONE.FREEZE_AT", 0])
+    model = build_model(cfg)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one batch gives its own statistics
+    model.train()
+    with torch.no_grad():
+        model.backbone(model.preprocess_image(batch).tensor)
+    if frozen_bn:
+        model = FrozenBatchNorm2d.convert_frozen_batchnorm(model)
+    if hasattr(model.backbone, "freeze"):  # detectron2's ResNet: stem + res2 as configured
+        model.backbone.freeze(freeze_at)
+    return model
+
+
 def state_bytes(model: torch.nn.Module) -> tuple[float, float]:
     """(all parameter + buffer bytes, trainable parameter bytes)."""
     params = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
@@ -128,6 +157,8 @@ def measure_cpu(model, batch: list[dict], rois: tuple[int, int]) -> dict:
                 model.roi_heads(images, feats, props, gt)
                 head[k] = (hb.bytes, time.perf_counter() - t0)
     (k1, (b1, s1)), (k2, (b2, s2)) = sorted(head.items())
+    if min(len(p) for p in props) < k2:
+        raise RuntimeError(f"only {min(len(p) for p in props)} proposals: the ROI head was not measured")
     return {"base_bytes": base.bytes, "base_s": t_base, "roi_bytes": (b2 - b1) / (k2 - k1),
             "head0_bytes": b1 - k1 * (b2 - b1) / (k2 - k1), "roi_s": max(s2 - s1, 0.0) / (k2 - k1),
             "head0_s": s1, "k1": k1, "proposals": min(len(p) for p in props)}
@@ -169,14 +200,16 @@ def inference(model, batch: list[dict], topk: int | None = None) -> float:
 
 def bench(config: Path, opts: list, args) -> dict:
     """One config's row: memory per image, projected per GPU, s/iter and inference s/img."""
-    cfg = setup_cfg_plain(str(config), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *opts])
+    label = config.stem + (f"@{opts[1]}" if opts else "")
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *opts, *args.opts]
+    cfg = setup_cfg_plain(str(config), opts)
     torch.manual_seed(0)
-    model = build_model(cfg)
-    size, rois = cfg.INPUT.FIXED_SIZE, cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+    size, rois = cfg.INPUT.FIXED_SIZE or cfg.INPUT.MIN_SIZE_TEST, cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
     batch = synthetic_batch(1, size, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    model = calibrated_model(config, opts, batch)
     per_gpu_imgs = cfg.SOLVER.IMS_PER_BATCH / args.gpus
     params, trainable = state_bytes(model)
-    row = {"config": config.stem + ("@" + str(size) if opts else ""), "size": size, "rois": rois,
+    row = {"config": label, "size": size, "rois": rois,
            "imgs_per_gpu": per_gpu_imgs, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
     if args.device == "cuda":
         row.update(measure_cuda(model, synthetic_batch(max(1, int(per_gpu_imgs)), size, 80), args))
@@ -229,9 +262,9 @@ def jobs(args) -> list[tuple[Path, list]]:
     """(config, opts) pairs: each config, then R50-C4 at its size with its batch (once per size)."""
     out, sizes = [], set()
     for c in args.configs:
-        cfg = setup_cfg_plain(str(c), ["MODEL.DEVICE", "cpu"])
+        cfg = setup_cfg_plain(str(c), ["MODEL.DEVICE", "cpu", *args.opts])
         out.append((Path(c), []))
-        size = cfg.INPUT.FIXED_SIZE
+        size = cfg.INPUT.FIXED_SIZE or cfg.INPUT.MIN_SIZE_TEST
         if args.r50 and size not in sizes and "R_50" not in str(c):
             sizes.add(size)
             out.append((R50, ["INPUT.FIXED_SIZE", size, "SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH]))
@@ -253,6 +286,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=2, help="training iterations (the last is timed)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--opts", nargs="*", default=[], help="config overrides for every model (KEY VALUE ...)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     for c in args.configs:
