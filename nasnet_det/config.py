@@ -1,4 +1,5 @@
-"""The ``MODEL.NASNET.*`` (and two input/test) config keys nasnet_det adds to Detectron2's config."""
+"""The config keys nasnet_det adds to Detectron2's: 12 under ``MODEL.NASNET``, 1 under ``INPUT``,
+3 under ``TEST`` and ``CPU_THREADS``."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ def add_nasnet_config(cfg) -> None:
     # Norm layer of every cell: BN, SyncBN, FrozenBN (BN converted to detectron2's
     # FrozenBatchNorm2d everywhere) or GN. Random-init training needs BN or GN.
     n.NORM = "BN"
-    # BatchNorm eps and PyTorch momentum; < 0 keeps ARCH's (1e-3 and 0.0003 = TF decay 0.9997,
-    # far too slow for short schedules: use ~0.1 when training from scratch).
+    # BatchNorm eps; < 0 keeps ARCH's (1e-3 for the ImageNet models).
     n.BN_EPS = -1.0
+    # BatchNorm PyTorch momentum; < 0 keeps ARCH's (0.0003 = TF decay 0.9997, far too slow for
+    # short schedules: use ~0.1 when training from scratch).
     n.BN_MOMENTUM = -1.0
     # TF "SAME" padding flavour of stride-2 average pools: "tf" (TF / Cadene weights) or
     # "timm" (weights converted from timm's nasnetalarge, which counts the zero padding).
@@ -37,11 +39,9 @@ def add_nasnet_config(cfg) -> None:
     # 0 nothing, 1 conv0, 2 + stem cells, 3 + stage 1, 4 + reduction_cell_0 and stage 2
     # (the whole C4 backbone). The ROI head is never frozen.
     n.FREEZE_AT = 2
-    # ScheduledDropPath final keep probability (1.0 = off, as the TF OD API trains NASNet);
-    # the ramp runs over SOLVER.MAX_ITER.
+    # ScheduledDropPath final keep probability in backbone and ROI head (1.0 = off; the TF OD
+    # API's NASNet extractor: 0.7); the ramp from 1.0 runs over SOLVER.MAX_ITER.
     n.DROP_PATH_KEEP_PROB = 1.0
-    # Which channels of the concatenated stride-16 pair the ROI head splits back into its
-    # two cell inputs is derived from the architecture; nothing to set.
 
     # Resize every image to a fixed SIZE x SIZE square (the paper's 600/800/1200 inputs,
     # aspect ratio not kept); 0 uses INPUT.MIN_SIZE_*/MAX_SIZE_* as usual.
@@ -50,6 +50,10 @@ def add_nasnet_config(cfg) -> None:
     cfg.TEST.VIS_THRESHOLD = 0.5
     # Images drawn per test set after evaluation (0: none).
     cfg.TEST.VIS_MAX_IMAGES = 8
+    # Algorithm name in the COCO server's file name detections_test-dev2017_<alg>_results.json
+    # written after evaluating on coco_2017_test-dev (letters, digits, hyphens); "" derives it
+    # from the config file name (underscores become hyphens).
+    cfg.TEST.SUBMISSION_ALG = ""
     # torch intra-op threads for CPU runs (0: torch's default). On a small shared machine one
     # thread avoids OpenMP spin contention (measured 5-10x faster per iteration on 2 busy cores).
     cfg.CPU_THREADS = 0

@@ -5,6 +5,8 @@
   (data/coco_minival2014_ids.txt), on which the paper reports "mAP mini-val".
 * ``coco_2014_trainval_minus_minival8k``: train2014 + val2014 without those ids (the
   paper's training set).
+* ``coco_2017_test-dev`` (detectron2's) gets ``submission_testset`` metadata: results on it
+  are written as a COCO server submission (submission.py).
 
 COCO files are read from detectron2's ``$DETECTRON2_DATASETS/coco`` layout
 (``train2014/``, ``val2014/``, ``annotations/instances_{train,val}2014.json``).
@@ -27,7 +29,7 @@ from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from . import shapes
 
 __all__ = ["register_all", "register_shapes", "minival_ids", "sanitize", "load_coco_split",
-           "COCO_SPLITS", "SHAPES"]
+           "COCO_SPLITS", "SHAPES", "SUBMISSION_TESTSETS"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ COCO_SPLITS = {
         ("coco/val2014", "coco/annotations/instances_val2014.json", "except"),
     ),
 }
+
+# detectron2 builtin test set -> the COCO evaluation server's name for it (submission file name).
+SUBMISSION_TESTSETS = {"coco_2017_test-dev": "test-dev2017"}
 
 
 def minival_ids() -> frozenset[int]:
@@ -121,3 +126,5 @@ def register_all() -> None:
         DatasetCatalog.register(name, lambda name=name: load_coco_split(name))
         # No json_file: COCOEvaluator converts the split's own records, so AP is over its images only.
         MetadataCatalog.get(name).set(evaluator_type="coco", **_get_builtin_metadata("coco"))
+    for name, testset in SUBMISSION_TESTSETS.items():
+        MetadataCatalog.get(name).set(submission_testset=testset)

@@ -40,13 +40,31 @@ def test_import_registers_everything():
         assert name in DatasetCatalog.list()
 
 
+def _added_keys(node, base, prefix=""):
+    """Full names of the leaf keys ``node`` has and ``base`` lacks."""
+    out = []
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out += _added_keys(v, base.get(k, {}) if isinstance(base, dict) else {}, f"{prefix}{k}.")
+        elif k not in base:
+            out.append(prefix + k)
+    return out
+
+
 def test_config_keys_are_commented_and_unknown_keys_fail():
+    """Every key add_nasnet_config adds is assigned once, on a line right below a comment."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    nasnet_det.add_nasnet_config(cfg)
+    added = _added_keys(cfg, get_cfg())
+    assert len(added) == 17 and "MODEL.NASNET.ARCH" in added and "TEST.SUBMISSION_ALG" in added
     src = (make_cfg.__globals__["ROOT"] / "nasnet_det" / "config.py").read_text().splitlines()
-    for i, line in enumerate(src):
-        if line.strip().startswith(("n.", "cfg.INPUT.", "cfg.TEST.", "cfg.CPU")) and "=" in line \
-                and "CN()" not in line:
-            above = src[i - 1].strip()
-            assert above.startswith("#") or src[i - 1].strip().startswith("n."), f"uncommented key: {line}"
+    for key in added:
+        short = "n." + key[len("MODEL.NASNET."):] if key.startswith("MODEL.NASNET.") else "cfg." + key
+        lines = [i for i, line in enumerate(src) if line.strip().startswith(short + " = ")]
+        assert len(lines) == 1, f"{key}: assigned on {len(lines)} lines of config.py"
+        assert src[lines[0] - 1].strip().startswith("#"), f"uncommented key: {key}"
     with pytest.raises(AssertionError, match="Non-existent key: MODEL.NASNET.NOT_A_KEY"):  # yacs
         make_cfg(None, ["MODEL.NASNET.NOT_A_KEY", 1])
 

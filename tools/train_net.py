@@ -6,46 +6,68 @@
         --num-gpus 8 MODEL.WEIGHTS weights/nasnet_a_large.pth
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
 
-Each test set's results go to OUTPUT_DIR/inference/<dataset>/ (on test-dev:
-coco_instances_results.json, the file to submit); drawn detections to OUTPUT_DIR/vis/<dataset>/.
+Each test set's results go to OUTPUT_DIR/inference/<dataset>/; on coco_2017_test-dev also the
+COCO server submission detections_test-dev2017_<alg>_results.zip (alg: TEST.SUBMISSION_ALG, else
+the config file's name), whose path is logged. Drawn detections go to OUTPUT_DIR/vis/<dataset>/.
+The project's own errors (bad config, missing data, foreign results) exit 2 with one line.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detectron2.engine import default_argument_parser, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
 
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-from detectron2.evaluation import verify_results  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
+import nasnet_det
+from nasnet_det.engine import Trainer, setup_cfg, visualize_after_eval
+from nasnet_det.submission import write_submissions
 
-import nasnet_det  # noqa: E402
-from nasnet_det.engine import Trainer, setup_cfg, visualize_after_eval  # noqa: E402
+# Errors a user's input causes (yacs reports unknown keys with AssertionError / KeyError).
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, AssertionError)
 
 
 def main(args):
-    """Evaluate (--eval-only) or train then evaluate; draw the detections afterwards."""
+    """Evaluate (--eval-only) or train then evaluate; submissions and drawings afterwards."""
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         nasnet_det.NASNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, res)
-            visualize_after_eval(cfg)
-        return res
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    res = trainer.train()
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        res = trainer.train()
     if comm.is_main_process():
+        if args.eval_only:
+            verify_results(cfg, res)
+        write_submissions(cfg, args.config_file, args.overwrite)
         visualize_after_eval(cfg)
     return res
 
 
+def parser():
+    """detectron2's argument parser plus --overwrite."""
+    p = default_argument_parser()
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing test-dev submission zip")
+    return p
+
+
+def run(argv=None) -> int:
+    """Parse ``argv`` and launch; 2 with one line on stderr for the project's own errors."""
+    args = parser().parse_args(argv)
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"train_net.py: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    sys.exit(run())
