@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
+__all__ = ["add_nasnet_config"]
+
 
 def add_nasnet_config(cfg) -> None:
     """Add nasnet_det's keys (each commented below) to a Detectron2 ``cfg`` in place."""

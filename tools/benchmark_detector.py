@@ -39,6 +39,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from nasnet_core.cli import tool_main
 from nasnet_det.engine import setup_cfg_plain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,6 +272,7 @@ def jobs(args) -> list[tuple[Path, list]]:
     return out
 
 
+@tool_main
 def main(argv=None) -> int:
     """Benchmark every config, print the table and the mobile/R50 inference ratio."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -291,8 +293,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     for c in args.configs:
         if not Path(c).is_file():
-            print(f"benchmark_detector.py: error: no config {c}", file=sys.stderr)
-            return 2
+            raise FileNotFoundError(f"no config {c}")
     rows = []
     for config, opts in jobs(args):
         rows.append(bench(config, opts, args))

@@ -21,11 +21,12 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import nasnet_det
+from nasnet_core.cli import tool_main
 from nasnet_det.engine import Trainer, setup_cfg, visualize_after_eval
 from nasnet_det.submission import write_submissions
 
-# Errors a user's input causes (yacs reports unknown keys with AssertionError / KeyError).
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, AssertionError)
+# yacs reports a bad key with AssertionError / KeyError; an existing submission is FileExistsError.
+CONFIG_ERRORS = (KeyError, AssertionError, FileExistsError)
 
 
 def main(args):
@@ -56,16 +57,15 @@ def parser():
     return p
 
 
+@tool_main
 def run(argv=None) -> int:
-    """Parse ``argv`` and launch; 2 with one line on stderr for the project's own errors."""
+    """Parse ``argv`` and launch; the project's own errors end in one line and exit code 2."""
     args = parser().parse_args(argv)
     try:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"train_net.py: error: {msg}", file=sys.stderr)
-        return 2
+    except CONFIG_ERRORS as e:
+        raise ValueError(e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from None
     return 0
 
 
