@@ -221,6 +221,7 @@ SEARCH_KEYS = [
     ("space.ops", None, list, "list of op names (null: the paper's 13 ops)"),
     ("space.combiners", None, list, "list of combiners (null: the variant's)"),
     ("space.output", None, str, "unused | all (null: the variant's)"),
+    ("space.num_inputs", None, int, "cell inputs: 2 (NASNet-A/C) | 4 (NASNet-B) (null: the variant's)"),
     ("executor.backend", "inprocess", str, "inprocess (one child at a time) | ray"),
     ("executor.address", None, str, "Ray cluster address, e.g. auto or ray://host:10001 (null: local)"),
     ("executor.num_cpus", None, int, "CPUs for a local Ray instance (null: all)"),

@@ -38,10 +38,12 @@ def search_config(path=None, **overrides):
 def test_nasnet_space_encode_decode_exact(variant, blocks):
     space = make_space(variant)
     assert len(space) == 2 * 5 * blocks
-    assert space.choices[:5] == (2, 2, 13, 13, len(space.combiners))
+    n_in = 4 if variant == "B" else 2  # NASNet-B cells read the last four layers
+    assert space.num_inputs == n_in and space.choices[:5] == (n_in, n_in, 13, 13, len(space.combiners))
     rng = random.Random(0)
     for _ in range(20):
-        g = random_genotype(rng, blocks, ops=space.ops, combiners=space.combiners, outputs=(space.output,))
+        g = random_genotype(rng, blocks, ops=space.ops, combiners=space.combiners, outputs=(space.output,),
+                            num_inputs=n_in)
         d = space.encode(g)
         assert space.decode(d) == g
         assert space.encode(space.decode(d)) == d
