@@ -105,3 +105,19 @@ def test_random_b_genotypes_build_and_train_a_step_at_2_at_96(seed):
     assert not torch.equal(before[0], params[0])  # the stem conv learned
     stats = nc.complexity(model, 32)
     assert stats["params"] > 100_000 and stats["mult_adds"] > 1_000_000
+
+
+def test_draw_cell_tool(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "cell.png"
+    cmd = [sys.executable, str(ROOT / "tools" / "draw_cell.py"), "--random-b", "3", "--output", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert out.stat().st_size > 20_000 and res.stdout.splitlines()[0] == _random_b(3).normal.to_string()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # never overwrites silently
+    assert again.returncode == 2
+    assert again.stderr.strip() == f"error: {out} exists; pass --force to overwrite it"
