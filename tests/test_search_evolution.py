@@ -138,6 +138,14 @@ def test_failure_reward_is_told_to_the_strategy(tmp_path, strategy):
         assert state["baseline"] < plain["baseline"]
 
 
+def test_bad_failure_reward_and_timeout_are_rejected_before_the_run(tmp_path):
+    with pytest.raises(ValueError, match="search.failure_reward must be a finite number or null, got nan"):
+        start_search(tmp_path / "a", _cfg(4, search__failure_reward=float("nan")), progress=False)
+    with pytest.raises(ValueError, match="executor.child_timeout must be > 0 seconds or null, got 0.0"):
+        start_search(tmp_path / "b", _cfg(4, executor__child_timeout=0), progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_child_past_its_timeout_is_recorded_and_search_goes_on(tmp_path):
     cfg = _cfg(6, reward__synthetic__faults={3: "hang"}, executor__child_timeout=0.5,
                search__failure_reward=0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from pathlib import Path
 
 from ..config import SEARCH, load_config, write_config
@@ -36,6 +37,12 @@ def check_config(cfg: dict) -> None:
     if cfg["executor"]["backend"] not in EXECUTORS:
         raise ValueError(f"unknown executor backend {cfg['executor']['backend']!r}; "
                          f"known: {', '.join(EXECUTORS)}")
+    failure_reward = cfg["search"]["failure_reward"]
+    if failure_reward is not None and not math.isfinite(failure_reward):
+        raise ValueError(f"search.failure_reward must be a finite number or null, got {failure_reward}")
+    timeout = cfg["executor"]["child_timeout"]
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"executor.child_timeout must be > 0 seconds or null, got {timeout}")
     child = cfg["reward"]["child"]
     if cfg["reward"]["name"] == "child":
         if child["dataset"] not in DATASETS:
