@@ -3,7 +3,7 @@
 Layers are numbered from the stem (layer 0) in execution order; the cell at layer L reads,
 as its input k (k = 1..4), output k of layer L - k (the stem's single output stands in for
 every output of layers before the first cell). Cell layout, widths and stages are those of
-the NASNet-A network of the same N @ F (``plan._cell_layout``): 3 stages of N cells, each
+the NASNet-A network of the same N @ F (``plan.cell_layout``): 3 stages of N cells, each
 later stage opened by a reduction cell that doubles ``filters`` and halves the resolution.
 
 Across a reduction, an input can come from a layer one (or more) resolution levels up: each
@@ -23,9 +23,9 @@ from torch import nn
 
 from .cell import MultiInputCell
 from .genotype import Genotype
-from .network import AuxHead, _stem_conv
+from .network import AuxHead, stem_conv
 from .ops import OpContext
-from .plan import _cell_layout, _spatial_after, _stem, reduction_layers
+from .plan import cell_layout, reduction_layers, spatial_after, stem_spec_for
 
 __all__ = ["NASNetB"]
 
@@ -46,14 +46,14 @@ class NASNetB(nn.Module):
             raise ValueError("NASNetB needs four-input cells; build two-input genotypes with NASNet")
         if num_cells < 3 or num_cells % 3:
             raise ValueError(f"num_cells must be a positive multiple of 3 (3 stages), got {num_cells}")
-        stem_spec = _stem(stem, in_chans, num_conv_filters, stem_multiplier)
+        stem_spec = stem_spec_for(stem, in_chans, num_conv_filters, stem_multiplier)
         self.genotype, self.num_classes, self.image_size = genotype, num_classes, image_size
         self.drop_path_keep_prob, self.total_training_steps = drop_path_keep_prob, total_training_steps
         self.num_inputs = n
-        self.conv0 = _stem_conv(stem_spec, ctx)
+        self.conv0 = stem_conv(stem_spec, ctx)
         layers = [[(stem_spec.channels, stem_spec.stride)] * n]  # (channels, stride) of each output
         self.cell_names: list[str] = []
-        for name, kind, _stage, _offset, filters in _cell_layout(
+        for name, kind, _stage, _offset, filters in cell_layout(
                 num_cells, num_conv_filters, stem, filter_scaling_rate, False):
             if filters < 2:
                 raise ValueError(f"num_conv_filters={num_conv_filters} leaves {name} {filters} filter(s)")
@@ -73,7 +73,7 @@ class NASNetB(nn.Module):
         if aux_head:
             aux = layers[self.cell_names.index(self.aux_after) + 1]
             self.aux_head = AuxHead(sum(c for c, _ in aux), num_classes,
-                                    _spatial_after(image_size, aux[0][1], stem_spec), ctx)
+                                    spatial_after(image_size, aux[0][1], stem_spec), ctx)
         for m in self.modules():  # TF-slim init, as NASNet
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
