@@ -336,13 +336,16 @@ def test_child_training_learns_from_idx_files(tmp_path):
 def test_ray_search_failures_and_worker_death(tmp_path):
     pytest.importorskip("ray", reason="ray not installed (pip install 'nasnet[search]')")
     cfg = search_config(search__num_children=8, search__strategy="random", space__num_blocks=2,
-                        executor="{backend: ray, num_cpus: 2, max_retries: 2}", reward__name="synthetic",
-                        reward__synthetic={"delay": 0.2, "faults": {2: "raise", 5: "die_once"},
+                        executor="{backend: ray, num_cpus: 2, max_retries: 2, child_timeout: 5}",
+                        reward__name="synthetic",
+                        reward__synthetic={"delay": 0.2, "faults": {2: "raise", 5: "die_once", 6: "hang"},
                                            "fault_dir": str(tmp_path)})
     summary = start_search(tmp_path / "run", cfg, progress=False)
-    assert (summary["children"], summary["done"], summary["failed"]) == (8, 7, 1)
+    assert (summary["children"], summary["done"], summary["failed"], summary["timeout"]) == (8, 6, 1, 1)
     rows = {c["id"]: c for c in RunStore(tmp_path / "run").children()}
     assert rows[2]["status"] == "failed" and "injected failure in child 2" in rows[2]["error"]
     assert rows[5]["status"] == "done"  # its first worker was SIGKILLed mid-child; Ray re-ran it
     assert (tmp_path / "child5.attempt").read_text() == "2"
+    # the worker stops a child past executor.child_timeout and records it; the search goes on
+    assert rows[6]["status"] == "timeout" and "child_timeout = 5 s" in rows[6]["error"]
     assert len({r["worker"] for r in rows.values() if r["worker"]}) >= 2  # ran on several workers
