@@ -211,8 +211,7 @@ def _search_cli(*args):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-# ppo: the controller's weights, Adam, baseline, minibatch; evolution: population, in-flight
-# children (3 at a time), RNG. Each is killed at a seeded moment and must continue exactly.
+# Killed at a seeded moment, each must continue exactly (evolution: with 3 children in flight).
 KILL_CASES = {
     "ppo": dict(hp="{lr: 0.01, batch_size: 10}", in_flight=0, delay=0.02, updates=4),
     "evolution": dict(hp="{population_size: 10, sample_size: 3}", in_flight=3, delay=0.04, updates=30),
