@@ -208,10 +208,12 @@ CLASSIFICATION_KEYS = [
 ]
 
 SEARCH_KEYS = [
-    ("search.strategy", "ppo", str, "ppo | reinforce | random (nasnet_core.search.STRATEGIES)"),
+    ("search.strategy", "ppo", str, "ppo | reinforce | random | evolution (nasnet_core.search.STRATEGIES)"),
     ("search.strategy_hparams", {}, dict, "overrides of the strategy's HPARAMS (e.g. lr, batch_size)"),
     ("search.num_children", 48, int, "children to sample in all; failed children count too"),
     ("search.seed", 0, int, "strategy seed (controller init and sampling)"),
+    ("search.failure_reward", None, float, "reward told to the strategy for a failed or timed-out child "
+                                           "(null: such a child is not told)"),
     ("search.max_in_flight", 0, int, "children queued or running at once; 0 = 1 in-process, "
                                      "2 x slots on Ray"),
     ("space.variant", "A", str, "paper variant A | B | C (nasnet_core.search.SPACE_VARIANTS)"),
@@ -219,6 +221,7 @@ SEARCH_KEYS = [
     ("space.ops", None, list, "list of op names (null: the paper's 13 ops)"),
     ("space.combiners", None, list, "list of combiners (null: the variant's)"),
     ("space.output", None, str, "unused | all (null: the variant's)"),
+    ("space.num_inputs", None, int, "cell inputs: 2 (NASNet-A/C) | 4 (NASNet-B) (null: the variant's)"),
     ("executor.backend", "inprocess", str, "inprocess (one child at a time) | ray"),
     ("executor.address", None, str, "Ray cluster address, e.g. auto or ray://host:10001 (null: local)"),
     ("executor.num_cpus", None, int, "CPUs for a local Ray instance (null: all)"),
@@ -226,6 +229,8 @@ SEARCH_KEYS = [
     ("executor.gpus_per_child", None, float, "Ray GPUs per child (null: 1 when the cluster has GPUs, "
                                              "else 0)"),
     ("executor.max_retries", 3, int, "Ray re-runs of a child whose worker process died"),
+    ("executor.child_timeout", None, float, "seconds a child may run; past it the child is stopped and "
+                                            "recorded timeout (null: no limit)"),
     ("reward.name", "child", str, "child (train a child network) | synthetic (tests, demos)"),
     ("reward.child.dataset", "fashion_mnist", str, "fashion_mnist (IDX files, .gz or not) | cifar10 "
                                            "(python pickles)"),
@@ -250,13 +255,19 @@ SEARCH_KEYS = [
     ("reward.child.device", "auto", str, "auto (cuda when visible) | cpu | cuda"),
     ("reward.child.num_threads", 0, int, "torch CPU threads per child (0 = torch's default)"),
     ("reward.child.eval_batch_size", 500, int, "batch size for held-out accuracy"),
+    ("reward.child.cost_target", 0, int, "mult-adds target T of the cost-aware reward acc x (MA / T)^w "
+                                         "(0: reward = accuracy)"),
+    ("reward.child.cost_weight", -0.07, float, "exponent w of the cost-aware reward (MnasNet's soft "
+                                               "constraint: -0.07)"),
     ("reward.child.workers", 0, int, "data-loader worker processes per child (0 = crop/flip in the "
                                      "training process)"),
-    ("reward.synthetic.target_seed", 0, int, "seed drawing the optimum; reward = fraction of decisions "
-                                             "equal to it"),
+    ("reward.synthetic.kind", "match", str, "match (fraction of decisions equal to a hidden optimum) | "
+                                            "pairwise (chain of decision pairs; search/landscapes.py)"),
+    ("reward.synthetic.target_seed", 0, int, "seed drawing the landscape (its optimum scores 1.0)"),
     ("reward.synthetic.noise", 0.0, float, "std of Gaussian noise added to the reward"),
     ("reward.synthetic.delay", 0.0, float, "seconds each evaluation sleeps (to mimic training time)"),
-    ("reward.synthetic.faults", {}, dict, "child id -> raise | nan | die_once (fault injection for tests)"),
+    ("reward.synthetic.faults", {}, dict, "child id -> raise | nan | hang | die_once (fault injection "
+                                          "for tests; hang sleeps 600 s)"),
     ("reward.synthetic.fault_dir", None, str, "folder for die_once markers (a worker dies on the first "
                                               "attempt)"),
 ]

@@ -3,6 +3,9 @@
 Hidden-state numbering follows TF-slim: 0 = the current cell input (after its
 1x1 conv), 1 = the previous cell input (adjusted), and block ``b`` creates state
 ``b + 2``. A block reads two states, applies one op to each, and combines.
+NASNet-B cells (paper appendix B) take four inputs: states 0-3 are the inputs from
+the 1st to the 4th previous layer and block ``b`` creates state ``b + 4``; their
+text form marks the cell ``normal[4]:`` / ``reduce[4]:`` and their JSON has ``"inputs": 4``.
 
 Text form (round-trips exactly)::
 
@@ -23,9 +26,10 @@ from typing import Any
 from .ops import COMBINERS, OP_NAMES, PAPER_OPS
 
 __all__ = ["Block", "CellGenotype", "Genotype", "GenotypeError", "NASNET_A", "GENOTYPES",
-           "get_genotype", "OUTPUT_RULES", "random_genotype"]
+           "get_genotype", "OUTPUT_RULES", "INPUT_COUNTS", "random_genotype"]
 
 OUTPUT_RULES = ("unused", "all")
+INPUT_COUNTS = (2, 4)  # NASNet-A/C cells read 2 earlier states, NASNet-B cells 4
 
 
 class GenotypeError(ValueError):
@@ -49,10 +53,11 @@ class Block:
 
 @dataclass(frozen=True)
 class CellGenotype:
-    """B blocks plus the output rule: explicit state indices, 'unused' or 'all'."""
+    """B blocks plus the output rule (explicit state indices, 'unused' or 'all') and the input count."""
 
     blocks: tuple[Block, ...]
     output: tuple[int, ...] | str = "unused"
+    num_inputs: int = 2
 
     @property
     def num_blocks(self) -> int:
@@ -67,7 +72,7 @@ class CellGenotype:
         """The state indices concatenated to form the cell output."""
         if isinstance(self.output, tuple):
             return self.output
-        created = range(2, 2 + len(self.blocks))
+        created = range(self.num_inputs, self.num_inputs + len(self.blocks))
         if self.output == "all":
             return tuple(created)
         used = self.used_states()
@@ -92,7 +97,8 @@ class Genotype:
     # ---- text form -------------------------------------------------------
     def to_string(self) -> str:
         """``normal: ... | reduce: ...``; ``Genotype.from_string`` inverts it exactly."""
-        return f"normal: {self.normal.to_string()} | reduce: {self.reduce.to_string()}"
+        tag = "" if self.normal.num_inputs == 2 else f"[{self.normal.num_inputs}]"
+        return f"normal{tag}: {self.normal.to_string()} | reduce{tag}: {self.reduce.to_string()}"
 
     __str__ = to_string
 
@@ -103,13 +109,13 @@ class Genotype:
         cells = {}
         for part in parts:
             name, sep, body = part.partition(":")
-            name = name.strip()
-            if not sep or name not in ("normal", "reduce"):
+            name, _, count = name.strip().partition("[")
+            if not sep or name not in ("normal", "reduce") or (count and not count[:-1].isdigit()):
                 raise GenotypeError(f"genotype text: expected 'normal: ...' and 'reduce: ...' "
                                     f"separated by '|', got {part!r}")
             if name in cells:
                 raise GenotypeError(f"genotype text: cell {name!r} given twice")
-            cells[name] = _parse_cell(name, body)
+            cells[name] = _parse_cell(name, body, int(count[:-1]) if count else 2)
         missing = [n for n in ("normal", "reduce") if n not in cells]
         if missing:
             raise GenotypeError(f"genotype text: missing cell(s) {', '.join(missing)}")
@@ -119,10 +125,11 @@ class Genotype:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-serialisable)."""
         def cell(c: CellGenotype):
-            return {
+            out = {
                 "blocks": [[b.input_a, b.input_b, b.op_a, b.op_b, b.combine] for b in c.blocks],
                 "output": list(c.output) if isinstance(c.output, tuple) else c.output,
             }
+            return out if c.num_inputs == 2 else {**out, "inputs": c.num_inputs}
         return {"normal": cell(self.normal), "reduce": cell(self.reduce)}
 
     @classmethod
@@ -158,9 +165,9 @@ class Genotype:
 def _cell_from_dict(name: str, data: Any) -> CellGenotype:
     if not isinstance(data, dict) or "blocks" not in data:
         raise GenotypeError(f"{name} cell: expected an object with 'blocks' (and 'output')")
-    unknown = set(data) - {"blocks", "output"}
+    unknown = set(data) - {"blocks", "output", "inputs"}
     if unknown:
-        raise GenotypeError(f"{name} cell: unknown key(s) {sorted(unknown)}; allowed: blocks, output")
+        raise GenotypeError(f"{name} cell: unknown key(s) {sorted(unknown)}; allowed: blocks, output, inputs")
     blocks = []
     for b, raw in enumerate(data["blocks"]):
         if isinstance(raw, dict):
@@ -177,10 +184,10 @@ def _cell_from_dict(name: str, data: Any) -> CellGenotype:
     output = data.get("output", "unused")
     if isinstance(output, list):
         output = tuple(output)
-    return CellGenotype(tuple(blocks), output)
+    return CellGenotype(tuple(blocks), output, data.get("inputs", 2))
 
 
-def _parse_cell(name: str, body: str) -> CellGenotype:
+def _parse_cell(name: str, body: str, num_inputs: int = 2) -> CellGenotype:
     blocks_text, arrow, out_text = body.partition("->")
     if not arrow:
         raise GenotypeError(f"{name} cell: missing '-> OUTPUT' (a state list, 'unused' or 'all')")
@@ -202,7 +209,7 @@ def _parse_cell(name: str, body: str) -> CellGenotype:
         (op_a, in_a), combine, (op_b, in_b) = (
             _parse_operand(name, b, tokens[0], "a"), tokens[1], _parse_operand(name, b, tokens[2], "b"))
         blocks.append(Block(in_a, in_b, op_a, op_b, combine))
-    return CellGenotype(tuple(blocks), output)
+    return CellGenotype(tuple(blocks), output, num_inputs)
 
 
 def _parse_operand(name: str, b: int, token: str, side: str) -> tuple[str, int]:
@@ -220,15 +227,18 @@ def _validate_cell(name: str, cell: CellGenotype) -> None:
         raise GenotypeError(f"{name} cell: expected a CellGenotype, got {type(cell).__name__}")
     if not isinstance(cell.blocks, tuple) or not cell.blocks:
         raise GenotypeError(f"{name} cell: blocks must be a non-empty tuple of Block")
+    n_in = cell.num_inputs
+    if isinstance(n_in, bool) or n_in not in INPUT_COUNTS:
+        raise GenotypeError(f"{name} cell: num_inputs must be one of {INPUT_COUNTS}, got {n_in!r}")
     for b, block in enumerate(cell.blocks):
         where = f"{name} cell, block {b}"
         if not isinstance(block, Block):
             raise GenotypeError(f"{where}: expected a Block, got {type(block).__name__}")
         for side in ("a", "b"):
             idx = getattr(block, f"input_{side}")
-            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < b + 2:
+            if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < b + n_in:
                 raise GenotypeError(f"{where}, input_{side}: {idx!r} is not an available state; "
-                                    f"allowed: {list(range(b + 2))}")
+                                    f"allowed: {list(range(b + n_in))}")
             op = getattr(block, f"op_{side}")
             if op not in OP_NAMES:
                 raise GenotypeError(f"{where}, op_{side}: unknown op {op!r}; allowed: "
@@ -236,7 +246,7 @@ def _validate_cell(name: str, cell: CellGenotype) -> None:
         if block.combine not in COMBINERS:
             raise GenotypeError(f"{where}, combine: unknown combiner {block.combine!r}; allowed: "
                                 f"{', '.join(COMBINERS)}")
-    num_states = len(cell.blocks) + 2
+    num_states = len(cell.blocks) + n_in
     if isinstance(cell.output, tuple):
         if not cell.output:
             raise GenotypeError(f"{name} cell, output: empty state list")
@@ -255,15 +265,19 @@ def validate(genotype: Genotype) -> None:
     """Raise GenotypeError naming the first bad cell/block/field of ``genotype``."""
     _validate_cell("normal", genotype.normal)
     _validate_cell("reduce", genotype.reduce)
+    if genotype.normal.num_inputs != genotype.reduce.num_inputs:
+        raise GenotypeError(f"normal and reduce cells must take the same number of inputs, got "
+                            f"{genotype.normal.num_inputs} and {genotype.reduce.num_inputs}")
 
 
 def random_genotype(rng, num_blocks: int = 5, ops=PAPER_OPS, combiners=COMBINERS,
-                    outputs=("unused",)) -> Genotype:
+                    outputs=("unused",), num_inputs: int = 2) -> Genotype:
     """A uniformly random valid genotype (``rng`` is a ``random.Random``)."""
     def cell():
-        blocks = tuple(Block(rng.randrange(b + 2), rng.randrange(b + 2), rng.choice(ops),
+        n = num_inputs
+        blocks = tuple(Block(rng.randrange(b + n), rng.randrange(b + n), rng.choice(ops),
                              rng.choice(ops), rng.choice(combiners)) for b in range(num_blocks))
-        return CellGenotype(blocks, rng.choice(outputs))
+        return CellGenotype(blocks, rng.choice(outputs), n)
     return Genotype(cell(), cell())
 
 

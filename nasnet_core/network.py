@@ -12,7 +12,7 @@ from .layers import SameConv2d
 from .ops import ConvNorm, FoldPair, OpContext
 from .plan import CellSpec, NetworkPlan, StemSpec, make_plan, reduction_layers
 
-__all__ = ["NASNet", "AuxHead", "CellSpec", "NetworkPlan", "reduction_layers"]
+__all__ = ["NASNet", "AuxHead", "CellSpec", "NetworkPlan", "reduction_layers", "stem_conv"]
 
 
 class AuxHead(nn.Module):
@@ -95,7 +95,7 @@ class NASNet(nn.Module):
         self.num_features = plan.head.in_channels
         self.aux_after = plan.head.aux_after
 
-        self.conv0 = _stem_conv(plan.stem, ctx)
+        self.conv0 = stem_conv(plan.stem, ctx)
         for spec in plan.cells:
             g = genotype.reduce if spec.reduction else genotype.normal
             self.add_module(spec.name, Cell(g, spec.in_channels, spec.prev_channels, spec.filters,
@@ -184,7 +184,7 @@ class NASNet(nn.Module):
         return self.plan.index(name)
 
 
-def _stem_conv(stem: StemSpec, ctx: OpContext) -> ConvNorm:
+def stem_conv(stem: StemSpec, ctx: OpContext) -> ConvNorm:
     """``conv0``: VALID 3x3 stride-2 conv (ImageNet) or SAME 3x3 conv (CIFAR), then norm."""
     if stem.kind == "imagenet":
         conv = nn.Conv2d(stem.in_channels, stem.channels, 3, stride=2, bias=False)  # VALID

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from .cell import cell_out_channels
 from .genotype import Genotype
 
-__all__ = ["CellSpec", "HeadSpec", "NetworkPlan", "STEMS", "StemSpec", "make_plan", "reduction_layers"]
+__all__ = ["CellSpec", "HeadSpec", "NetworkPlan", "STEMS", "StemSpec", "make_plan", "reduction_layers",
+           "cell_layout", "stem_spec_for", "spatial_after"]
 
 STEMS = ("imagenet", "cifar")
 """``imagenet``: VALID 3x3 stride-2 conv, then two stem cells (reduction cells at 1/4 and 1/2
@@ -111,7 +112,7 @@ class NetworkPlan:
         return info
 
 
-def _cell_layout(num_cells: int, num_conv_filters: int, stem: str, rate: float, skip: bool):
+def cell_layout(num_cells: int, num_conv_filters: int, stem: str, rate: float, skip: bool):
     """(name, kind, stage, prev_offset, filters) of every cell, in execution order."""
     if stem == "imagenet":
         scaling = 1.0 / rate ** 2
@@ -133,7 +134,8 @@ def _cell_layout(num_cells: int, num_conv_filters: int, stem: str, rate: float, 
         yield f"cell_{i}", "normal", stage, offset, int(num_conv_filters * scaling)
 
 
-def _stem(stem: str, in_chans: int, num_conv_filters: int, stem_multiplier: float) -> StemSpec:
+def stem_spec_for(stem: str, in_chans: int, num_conv_filters: int, stem_multiplier: float) -> StemSpec:
+    """The stem conv of a ``stem`` kind (a ``STEMS`` name) at these widths."""
     if stem == "imagenet":
         return StemSpec(stem, in_chans, int(32 * stem_multiplier), 2)
     if stem == "cifar":
@@ -141,7 +143,7 @@ def _stem(stem: str, in_chans: int, num_conv_filters: int, stem_multiplier: floa
     raise ValueError(f"unknown stem {stem!r}; known: {', '.join(STEMS)}")
 
 
-def _spatial_after(image_size: int, stride: int, stem: StemSpec) -> int:
+def spatial_after(image_size: int, stride: int, stem: StemSpec) -> int:
     """Feature-map size at ``stride`` for a square input, following the stem's conv."""
     size = (image_size - 3) // 2 + 1 if stem.kind == "imagenet" else image_size  # VALID 3x3 s2
     s = stem.stride
@@ -156,12 +158,12 @@ def make_plan(genotype: Genotype, num_cells: int = 18, num_conv_filters: int = 1
               skip_reduction_layer_input: bool = True, filter_scaling_rate: float = 2.0,
               num_classes: int = 1000, image_size: int = 331) -> NetworkPlan:
     """The plan of a NASNet with these hyperparameters (the ``NASNet`` arguments of the same names)."""
-    stem_spec = _stem(stem, in_chans, num_conv_filters, stem_multiplier)
+    stem_spec = stem_spec_for(stem, in_chans, num_conv_filters, stem_multiplier)
     if num_cells < 3 or num_cells % 3:
         raise ValueError(f"num_cells must be a positive multiple of 3 (3 stages), got {num_cells}")
     outs = [(stem_spec.channels, stem_spec.stride)]  # (channels, stride) of every output so far
     cells = []
-    for name, kind, stage, offset, filters in _cell_layout(
+    for name, kind, stage, offset, filters in cell_layout(
             num_cells, num_conv_filters, stem, filter_scaling_rate, skip_reduction_layer_input):
         if filters < 2:
             raise ValueError(f"num_conv_filters={num_conv_filters} leaves {name} {filters} filter(s); "
@@ -181,5 +183,5 @@ def make_plan(genotype: Genotype, num_cells: int = 18, num_conv_filters: int = 1
         outs.append((width, stride))
     aux = next(s for s in cells if s.name == f"cell_{reduction_layers(num_cells)[1] - 1}")
     head = HeadSpec(cells[-1].out_channels, num_classes, aux.name, aux.out_channels,
-                    _spatial_after(image_size, aux.stride, stem_spec))
+                    spatial_after(image_size, aux.stride, stem_spec))
     return NetworkPlan(stem_spec, tuple(cells), head)

@@ -118,9 +118,11 @@ def filters_for_width(genotype, width: int) -> int:
     F = 24 * num_conv_filters (the paper's "N @ F" notation).
     """
     g = get_genotype(genotype)
+    n_in = g.normal.num_inputs
     per_filter = 0
     for s in g.normal.output_states():
-        per_filter += 2 if s >= 2 and g.normal.blocks[s - 2].combine == "concat" else 1
+        # NASNet-B (four-input) cells: F counts each of the four outputs as ``filters`` wide
+        per_filter += 2 if n_in == 2 and s >= 2 and g.normal.blocks[s - 2].combine == "concat" else 1
     multiple = 4 * per_filter
     if width % multiple:
         raise ValueError(f"F={width} is not a multiple of {multiple} (4 x the normal cell's output "
@@ -135,6 +137,11 @@ _NETWORK_ARGS = ("num_cells", "num_conv_filters", "stem", "stem_multiplier", "nu
 """ModelConfig fields passed to ``NASNet`` under the same name."""
 
 
+def _nasnet_b():
+    from .network_b import NASNetB  # its own module, built on network.py's stem and aux head
+    return NASNetB
+
+
 def create_model(name: str, **overrides) -> NASNet:
     """Build a registered model; overrides may set any ModelConfig field, or N and F.
 
@@ -145,7 +152,9 @@ def create_model(name: str, **overrides) -> NASNet:
         raise ValueError(f"unknown pad_mode {cfg.pad_mode!r}; known: {', '.join(PAD_MODES)}")
     ctx = OpContext(norm=cfg.norm, bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum,
                     pad_mode=cfg.pad_mode)
-    model = NASNet(get_genotype(cfg.genotype), ctx=ctx, **{k: getattr(cfg, k) for k in _NETWORK_ARGS})
+    genotype = get_genotype(cfg.genotype)
+    network = NASNet if genotype.normal.num_inputs == 2 else _nasnet_b()  # four-input cells: NASNet-B
+    model = network(genotype, ctx=ctx, **{k: getattr(cfg, k) for k in _NETWORK_ARGS})
     model.default_cfg = cfg
     model.arch = name
     return model

@@ -38,10 +38,12 @@ def search_config(path=None, **overrides):
 def test_nasnet_space_encode_decode_exact(variant, blocks):
     space = make_space(variant)
     assert len(space) == 2 * 5 * blocks
-    assert space.choices[:5] == (2, 2, 13, 13, len(space.combiners))
+    n_in = 4 if variant == "B" else 2  # NASNet-B cells read the last four layers
+    assert space.num_inputs == n_in and space.choices[:5] == (n_in, n_in, 13, 13, len(space.combiners))
     rng = random.Random(0)
     for _ in range(20):
-        g = random_genotype(rng, blocks, ops=space.ops, combiners=space.combiners, outputs=(space.output,))
+        g = random_genotype(rng, blocks, ops=space.ops, combiners=space.combiners, outputs=(space.output,),
+                            num_inputs=n_in)
         d = space.encode(g)
         assert space.decode(d) == g
         assert space.encode(space.decode(d)) == d
@@ -62,8 +64,9 @@ def test_space_errors():
         make_space("D")
     with pytest.raises(SpaceError, match="unknown op"):
         make_space("A", ops=["sep_conv_3x3", "conv_9x9"])
-    with pytest.raises(ValueError, match="unknown strategy 'evolution'; known: ppo, reinforce, random"):
-        make_strategy("evolution", space)
+    with pytest.raises(ValueError, match="unknown strategy 'annealing'; known: ppo, reinforce, random, "
+                                         "evolution"):
+        make_strategy("annealing", space)
     with pytest.raises(ValueError, match="unknown hparam"):
         make_strategy("ppo", space, learning_rate=0.1)
 
@@ -208,13 +211,22 @@ def _search_cli(*args):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_and_resume_loses_and_duplicates_nothing(tmp_path):
-    total = 40
+# Killed at a seeded moment, each must continue exactly (evolution: with 3 children in flight).
+KILL_CASES = {
+    "ppo": dict(hp="{lr: 0.01, batch_size: 10}", in_flight=0, delay=0.02, updates=4),
+    "evolution": dict(hp="{population_size: 10, sample_size: 3}", in_flight=3, delay=0.04, updates=30),
+}
+
+
+@pytest.mark.parametrize("strategy", list(KILL_CASES))
+def test_sigkill_and_resume_loses_and_duplicates_nothing(tmp_path, strategy):
+    total, case = 40, KILL_CASES[strategy]
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(f"""
-search: {{num_children: {total}, strategy: ppo, strategy_hparams: {{lr: 0.01, batch_size: 10}}}}
+search: {{num_children: {total}, strategy: {strategy}, strategy_hparams: {case['hp']},
+          max_in_flight: {case['in_flight']}}}
 space: {{num_blocks: 2}}
-reward: {{name: synthetic, synthetic: {{delay: 0.02}}}}
+reward: {{name: synthetic, synthetic: {{delay: {case['delay']}}}}}
 """)
     run = tmp_path / "run"
     proc = _search_cli("run", "--config", str(cfg_path), "--run-dir", str(run))
@@ -239,18 +251,20 @@ reward: {{name: synthetic, synthetic: {{delay: 0.02}}}}
     assert res.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["children"], summary["done"], summary["failed"]) == (total, total, 0)
-    assert (summary["num_asked"], summary["num_told"], summary["num_updates"]) == (total, total, total // 10)
+    counts = (summary["num_asked"], summary["num_told"], summary["num_updates"])
+    assert counts == (total, total, case["updates"])
     store = RunStore(run)
     rows = store.children()
     assert [r["id"] for r in rows] == list(range(total))
     assert sorted(r["seq"] for r in rows) == list(range(1, total + 1))
-    # the controller continued exactly where it was: same children as a run never interrupted
+    # the strategy continued exactly where it was: same children as a run never interrupted
     ref_cfg = store.meta()["config"]
     store.close()
     start_search(tmp_path / "ref", ref_cfg, progress=False)
     ref = RunStore(tmp_path / "ref").children()
     assert [r["decisions"] for r in rows] == [r["decisions"] for r in ref]
     assert [r["reward"] for r in rows] == [r["reward"] for r in ref]
+    assert [r["seq"] for r in rows] == [r["seq"] for r in ref]  # and they finished in the same order
 
 
 # ---- child training -------------------------------------------------------
@@ -295,8 +309,13 @@ def test_child_training_learns_from_idx_files(tmp_path):
     trainer = ChildTrainer(space, "fashion_mnist", str(tmp_path), val_size=100, N=1, num_conv_filters=4,
                            epochs=1, batch_size=20, lr=0.1, num_threads=1)
     decisions = make_strategy("random", space, seed=0).ask(1)[0]
-    acc = trainer(0, decisions)
+    out = trainer(0, decisions)
+    acc = out["accuracy"]
     assert acc >= 0.8, acc  # 25 SGD steps separate the stripes; chance is ~0.5
+    assert out["reward"] == acc  # cost_target 0: the reward is the accuracy
+    built = nc.create_model("nasnet_a_cifar", genotype=space.decode(decisions), num_cells=3,
+                            num_conv_filters=4, num_classes=2, in_chans=1, aux_head=False)
+    assert out["mult_adds"] == nc.complexity(built, 32)["mult_adds"] > 0
     # CIFAR-10 python batches
     cifar = tmp_path / "cifar-10-batches-py"
     cifar.mkdir()
@@ -316,13 +335,16 @@ def test_child_training_learns_from_idx_files(tmp_path):
 def test_ray_search_failures_and_worker_death(tmp_path):
     pytest.importorskip("ray", reason="ray not installed (pip install 'nasnet[search]')")
     cfg = search_config(search__num_children=8, search__strategy="random", space__num_blocks=2,
-                        executor="{backend: ray, num_cpus: 2, max_retries: 2}", reward__name="synthetic",
-                        reward__synthetic={"delay": 0.2, "faults": {2: "raise", 5: "die_once"},
+                        executor="{backend: ray, num_cpus: 2, max_retries: 2, child_timeout: 5}",
+                        reward__name="synthetic",
+                        reward__synthetic={"delay": 0.2, "faults": {2: "raise", 5: "die_once", 6: "hang"},
                                            "fault_dir": str(tmp_path)})
     summary = start_search(tmp_path / "run", cfg, progress=False)
-    assert (summary["children"], summary["done"], summary["failed"]) == (8, 7, 1)
+    assert (summary["children"], summary["done"], summary["failed"], summary["timeout"]) == (8, 6, 1, 1)
     rows = {c["id"]: c for c in RunStore(tmp_path / "run").children()}
     assert rows[2]["status"] == "failed" and "injected failure in child 2" in rows[2]["error"]
     assert rows[5]["status"] == "done"  # its first worker was SIGKILLed mid-child; Ray re-ran it
     assert (tmp_path / "child5.attempt").read_text() == "2"
+    # the worker stops a child past executor.child_timeout and records it; the search goes on
+    assert rows[6]["status"] == "timeout" and "child_timeout = 5 s" in rows[6]["error"]
     assert len({r["worker"] for r in rows.values() if r["worker"]}) >= 2  # ran on several workers

@@ -6,6 +6,7 @@
     tools/search.py --resume runs/ppo                 # after a crash / SIGKILL
     tools/search.py report runs/ppo runs/random --plot docs/search_fig6.png
     tools/search.py export runs/ppo --top 5 --output genotypes/
+    tools/search.py compare --seeds 5 --budget 2000   # strategies on the synthetic landscapes
 """
 
 from __future__ import annotations
@@ -59,6 +60,22 @@ def cmd_export(args) -> None:
         print(path)
 
 
+def cmd_compare(args) -> None:
+    """Samples each strategy needs to reach 90 % of the optimum of the synthetic landscapes."""
+    from nasnet_core.fileio import atomic_write_text
+    from nasnet_core.search.landscapes import compare_strategies, comparison_table
+
+    if args.output and Path(args.output).exists() and not args.force:
+        raise ValueError(f"{args.output} exists; pass --force to overwrite it")
+    start = time.time()
+    res = compare_strategies(strategies=args.strategies, seeds=range(args.seeds), budget=args.budget)
+    table = comparison_table(res, args.budget)
+    print(table)
+    print(f"\n({args.seeds} seeds, budget {args.budget}, {time.time() - start:.0f} s)")
+    if args.output:
+        atomic_write_text(args.output, table + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--top", type=int, default=1, help="how many of the best genotypes to write")
     e.add_argument("--output", help="output folder (default RUN_DIR/export)")
+    c = sub.add_parser("compare", help="strategies on the synthetic landscapes (samples to 90 %% of optimum)")
+    c.add_argument("--seeds", type=int, default=5, help="strategy / landscape seeds")
+    c.add_argument("--budget", type=int, default=2000, help="samples per strategy and seed")
+    c.add_argument("--strategies", nargs="+", default=["evolution", "ppo", "reinforce", "random"])
+    c.add_argument("--output", help="also write the markdown table here")
+    c.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     return p
 
 
@@ -96,7 +119,8 @@ def main(argv=None) -> int:
     if args.resume:
         args.run_dir, args.num_children = args.resume, None
         args.command = "resume"
-    commands = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "export": cmd_export}
+    commands = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "export": cmd_export,
+                "compare": cmd_compare}
     if args.command not in commands:
         build_parser().print_help()
         return 2

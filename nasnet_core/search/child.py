@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..complexity import complexity
 from ..datasets import load_arrays
 from ..registry import create_model
 from ..train.data import ArrayDataset, build_loader
@@ -25,7 +26,7 @@ from ..train.optim import LRSchedule, build_optimizer
 from ..train.trainer import accuracy_counts, resolve_device
 
 __all__ = ["CHILD_IMAGE_SIZE", "ChildData", "split_train_val", "prepare_child_data", "load_child_data",
-           "ChildTrainer", "train_child"]
+           "ChildTrainer", "train_child", "cost_aware_reward"]
 
 CHILD_IMAGE_SIZE = 32  # smaller images (Fashion-MNIST's 28x28) are zero-padded to this
 
@@ -76,17 +77,33 @@ def load_child_data(dataset: str, data_dir: str | Path, val_size: int = 5000, sp
     return prepare_child_data(x, y, val_size, split_seed, train_subset, val_subset)
 
 
+def cost_aware_reward(accuracy: float, mult_adds: int, target: int, weight: float) -> float:
+    """MnasNet's form ``accuracy x (mult_adds / target) ** weight``; ``target`` 0: accuracy alone."""
+    if not target:
+        return accuracy
+    if target < 0 or mult_adds <= 0:
+        raise ValueError(f"cost-aware reward needs positive mult-adds and target, got {mult_adds}, {target}")
+    return accuracy * (mult_adds / target) ** weight
+
+
 class ChildTrainer:
-    """Reward function: train the child a decoded genotype describes; reward = held-out accuracy."""
+    """Reward function: train the child a decoded genotype describes; reward = held-out accuracy,
+    or with ``cost_target`` the cost-aware ``accuracy x (mult_adds / cost_target) ** cost_weight``."""
 
     def __init__(self, space, dataset: str, data_dir: str, val_size: int = 5000, split_seed: int = 0,
-                 train_subset: int = 0, val_subset: int = 0, **train_kw):
+                 train_subset: int = 0, val_subset: int = 0, cost_target: int = 0, cost_weight: float = -0.07,
+                 **train_kw):
         self.space, self.train_kw = space, train_kw
+        self.cost_target, self.cost_weight = int(cost_target), float(cost_weight)
+        if self.cost_target < 0:
+            raise ValueError(f"reward.child.cost_target must be >= 0, got {cost_target}")
         self.data = load_child_data(dataset, data_dir, val_size, split_seed, train_subset, val_subset)
 
-    def __call__(self, child_id: int, decisions: list[int]) -> float:
-        """Held-out accuracy of the trained child."""
-        return train_child(self.space.decode(decisions), self.data, **self.train_kw)["val_acc"]
+    def __call__(self, child_id: int, decisions: list[int]) -> dict:
+        """``{'reward', 'accuracy', 'mult_adds'}`` of the trained child."""
+        out = train_child(self.space.decode(decisions), self.data, **self.train_kw)
+        reward = cost_aware_reward(out["val_acc"], out["mult_adds"], self.cost_target, self.cost_weight)
+        return {"reward": reward, "accuracy": out["val_acc"], "mult_adds": out["mult_adds"]}
 
 
 def _solver(epochs: int, lr: float, momentum: float, weight_decay: float) -> dict:
@@ -101,7 +118,8 @@ def train_child(genotype, data: ChildData, N: int = 2, num_conv_filters: int = 8
                 momentum: float = 0.9, weight_decay: float = 5e-4, grad_clip: float = 5.0,
                 crop_pad: int = 4, flip: bool = True, seed: int = 0, device: str = "auto",
                 num_threads: int = 0, eval_batch_size: int = 500, workers: int = 0) -> dict:
-    """Train one child: {'val_acc', 'train_loss', 'steps', 'images', 'train_seconds'}; raises on NaN loss."""
+    """Train one child: {'val_acc', 'train_loss', 'steps', 'images', 'train_seconds', 'mult_adds'};
+    raises on NaN loss."""
     if num_threads:
         torch.set_num_threads(num_threads)
     dev = resolve_device(device, key="reward.child.device")
@@ -113,6 +131,7 @@ def train_child(genotype, data: ChildData, N: int = 2, num_conv_filters: int = 8
                          num_conv_filters=num_conv_filters, stem_multiplier=stem_multiplier,
                          num_classes=data.num_classes, in_chans=data.train_x.shape[-1],
                          aux_head=False, drop_path_keep_prob=1.0).to(dev)
+    mult_adds = complexity(model, data.train_x.shape[1:3])["mult_adds"]  # the child as built
     solver = _solver(epochs, lr, momentum, weight_decay)
     opt, schedule = build_optimizer(model, solver), LRSchedule(solver, len(loader))
     model.train()
@@ -139,7 +158,7 @@ def train_child(genotype, data: ChildData, N: int = 2, num_conv_filters: int = 8
     val_set = ArrayDataset(data.val_x, data.val_y, False, aug, data.mean, data.std, seed)
     return {"val_acc": _accuracy(model, val_set, eval_batch_size, dev),
             "train_loss": loss_sum.item() / max(step, 1), "steps": step, "images": step * batch_size,
-            "train_seconds": train_seconds}
+            "train_seconds": train_seconds, "mult_adds": mult_adds}
 
 
 @torch.no_grad()

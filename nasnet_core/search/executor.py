@@ -36,8 +36,8 @@ class Executor:
 class InProcessExecutor(Executor):
     """Runs each child in this process, one at a time, in submission order."""
 
-    def __init__(self, reward_cfg: dict, space_cfg: dict, **_):
-        self.reward_cfg, self.space_cfg = reward_cfg, space_cfg
+    def __init__(self, reward_cfg: dict, space_cfg: dict, child_timeout: float | None = None, **_):
+        self.reward_cfg, self.space_cfg, self.timeout = reward_cfg, space_cfg, child_timeout
         self.queue: deque = deque()
 
     def submit(self, child_id: int, decisions: list[int]) -> None:
@@ -47,7 +47,7 @@ class InProcessExecutor(Executor):
     def wait(self) -> list[tuple[int, dict]]:
         """Run the oldest queued child now."""
         child_id, decisions = self.queue.popleft()
-        return [(child_id, run_child(self.reward_cfg, self.space_cfg, child_id, decisions))]
+        return [(child_id, run_child(self.reward_cfg, self.space_cfg, child_id, decisions, self.timeout))]
 
     def pending(self) -> int:
         """Queued children."""
@@ -59,7 +59,7 @@ class RayExecutor(Executor):
 
     def __init__(self, reward_cfg: dict, space_cfg: dict, address: str | None = None,
                  num_cpus: int | None = None, cpus_per_child: int = 1, gpus_per_child: float | None = None,
-                 max_retries: int = 3, **_):
+                 max_retries: int = 3, child_timeout: float | None = None, **_):
         try:
             import ray
         except ImportError:
@@ -79,7 +79,7 @@ class RayExecutor(Executor):
         resources = ray.cluster_resources()
         if gpus_per_child is None:
             gpus_per_child = 1 if resources.get("GPU", 0) > 0 else 0
-        self.reward_cfg, self.space_cfg = reward_cfg, space_cfg
+        self.reward_cfg, self.space_cfg, self.timeout = reward_cfg, space_cfg, child_timeout
         self.task = ray.remote(run_child).options(num_cpus=cpus_per_child, num_gpus=gpus_per_child,
                                                   max_retries=max_retries, retry_exceptions=False)
         by_cpu = int(resources.get("CPU", 1) // max(cpus_per_child, 1e-9))
@@ -89,7 +89,8 @@ class RayExecutor(Executor):
 
     def submit(self, child_id: int, decisions: list[int]) -> None:
         """Start one child as a Ray task."""
-        ref = self.task.remote(self.reward_cfg, self.space_cfg, child_id, list(decisions))
+        # the worker enforces the timeout (SIGALRM in the task's thread): queue time does not count
+        ref = self.task.remote(self.reward_cfg, self.space_cfg, child_id, list(decisions), self.timeout)
         self.refs[ref] = child_id
 
     def wait(self) -> list[tuple[int, dict]]:

@@ -34,13 +34,17 @@ def _ranked(run: dict) -> list[dict]:
 
 def best_table(runs: list[dict], top: int = 5) -> str:
     """Markdown table: per run its size and failures, then its ``top`` best children."""
-    lines = ["| run | rank | child | reward | genotype |", "|---|---|---|---|---|"]
+    lines = ["| run | rank | child | reward | accuracy | mult-adds (M) | genotype |",
+             "|---|---|---|---|---|---|---|"]
     for run in runs:
         for rank, c in enumerate(_ranked(run)[:top], 1):
-            lines.append(f"| {run['label']} | {rank} | {c['id']} | {c['reward']:.4f} | "
+            acc, ma = c.get("accuracy"), c.get("mult_adds")  # child rewards record both
+            acc = "-" if acc is None else f"{acc:.4f}"
+            ma = "-" if ma is None else f"{ma / 1e6:.2f}"
+            lines.append(f"| {run['label']} | {rank} | {c['id']} | {c['reward']:.4f} | {acc} | {ma} | "
                          f"`{c['genotype'] or c['decisions']}` |")
-    summary = ["| run | children | done | failed | controller updates | best | top-5 mean | top-25 mean |",
-               "|---|---|---|---|---|---|---|---|"]
+    summary = ["| run | children | done | failed | timeout | strategy updates | best | top-5 mean | "
+               "top-25 mean |", "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         r = sorted(run["rewards"], reverse=True)
 
@@ -48,6 +52,7 @@ def best_table(runs: list[dict], top: int = 5) -> str:
             return f"{sum(r[:k]) / k:.4f}" if len(r) >= k else "-"
         summary.append(f"| {run['label']} | {len(run['children'])} | {len(run['rewards'])} | "
                        f"{sum(c['status'] == 'failed' for c in run['children'])} | "
+                       f"{sum(c['status'] == 'timeout' for c in run['children'])} | "
                        f"{run['counts']['num_updates']} | {mean(1)} | {mean(5)} | {mean(25)} |")
     return "\n".join(summary) + "\n\n" + "\n".join(lines)
 

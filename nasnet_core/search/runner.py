@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from pathlib import Path
 
 from ..config import SEARCH, load_config, write_config
@@ -36,6 +37,12 @@ def check_config(cfg: dict) -> None:
     if cfg["executor"]["backend"] not in EXECUTORS:
         raise ValueError(f"unknown executor backend {cfg['executor']['backend']!r}; "
                          f"known: {', '.join(EXECUTORS)}")
+    failure_reward = cfg["search"]["failure_reward"]
+    if failure_reward is not None and not math.isfinite(failure_reward):
+        raise ValueError(f"search.failure_reward must be a finite number or null, got {failure_reward}")
+    timeout = cfg["executor"]["child_timeout"]
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"executor.child_timeout must be > 0 seconds or null, got {timeout}")
     child = cfg["reward"]["child"]
     if cfg["reward"]["name"] == "child":
         if child["dataset"] not in DATASETS:
@@ -99,12 +106,8 @@ def _run(store: RunStore, cfg: dict, space, strategy, progress: bool) -> dict:
             if executor.pending() == 0:
                 break
             for child_id, result in executor.wait():
-                if result["status"] == "done":
-                    strategy.tell([(store.decisions(child_id), result["reward"])])
-                    state = state_to_bytes(strategy.state_dict())
-                else:
-                    state = None  # a failed child teaches the strategy nothing
-                    log.warning("child %d failed: %s", child_id, result.get("error", "").splitlines()[0])
+                failure_reward = cfg["search"].get("failure_reward")
+                state = _tell(strategy, store.decisions(child_id), result, failure_reward)
                 seq = store.finish_child(child_id, result, state, _counts(strategy) if state else None)
                 if result["status"] == "done":
                     rewards.append(result["reward"])
@@ -118,10 +121,22 @@ def _run(store: RunStore, cfg: dict, space, strategy, progress: bool) -> dict:
         if writer is not None:
             writer.close()
     summary = {"run_dir": str(store.run_dir), "children": store.count(), "done": store.count("done"),
-               "failed": store.count("failed"), **store.strategy_counts(),
+               "failed": store.count("failed"), "timeout": store.count("timeout"), **store.strategy_counts(),
                "best": max(rewards) if rewards else None}
     store.close()
     return summary
+
+
+def _tell(strategy, decisions: list[int], result: dict, failure_reward: float | None) -> bytes | None:
+    """Tell the strategy a child's outcome; the state to commit with it (None: nothing was told)."""
+    if result["status"] == "done":
+        strategy.tell([(decisions, result["reward"])])
+    else:
+        log.warning("child %s: %s", result["status"], (result.get("error") or "").splitlines()[0])
+        if failure_reward is None:
+            return None  # not told: the strategy's state is unchanged
+        strategy.tell([(decisions, failure_reward)])  # a failure is information: a low reward
+    return state_to_bytes(strategy.state_dict())
 
 
 def topk_means(rewards: list[float], ks=(1, 5, 25)) -> dict[int, list[float | None]]:

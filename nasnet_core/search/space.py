@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..genotype import Block, CellGenotype, Genotype
+from ..genotype import INPUT_COUNTS, Block, CellGenotype, Genotype
 from ..ops import COMBINERS, OP_NAMES, PAPER_OPS
 
 __all__ = ["DecisionSpace", "NASNetSpace", "SpaceError", "SPACE_VARIANTS", "make_space"]
@@ -65,9 +65,11 @@ class DecisionSpace:
 
 @dataclass(frozen=True)
 class NASNetSpace(DecisionSpace):
-    """The NASNet cell space: B blocks per cell, normal then reduction, 5 decisions per block."""
+    """The NASNet cell space: B blocks per cell, normal then reduction, 5 decisions per block;
+    a block's inputs choose among the cell's ``num_inputs`` inputs and the earlier blocks."""
 
     num_blocks: int = 5
+    num_inputs: int = 2  # 2: NASNet-A/C cells; 4: NASNet-B cells (the last four layers' outputs)
     ops: tuple[str, ...] = PAPER_OPS  # the paper's 13; any op of the table may be named
     combiners: tuple[str, ...] = ("add", "concat")
     output: str = "unused"
@@ -85,12 +87,15 @@ class NASNetSpace(DecisionSpace):
                 raise SpaceError(f"unknown {kind}(s) {bad}; known: {', '.join(known)}")
             if len(set(given)) != len(given):
                 raise SpaceError(f"repeated {kind} in {list(given)}")
+        if self.num_inputs not in INPUT_COUNTS:
+            raise SpaceError(f"num_inputs must be one of {INPUT_COUNTS}, got {self.num_inputs!r}")
         if self.output not in ("unused", "all"):
             raise SpaceError(f"output must be 'unused' or 'all', got {self.output!r}")
         choices, names = [], []
         for cell in ("normal", "reduce"):
             for b in range(self.num_blocks):
-                choices += [b + 2, b + 2, len(self.ops), len(self.ops), len(self.combiners)]
+                n = b + self.num_inputs
+                choices += [n, n, len(self.ops), len(self.ops), len(self.combiners)]
                 names += [f"{cell}.{b}.{x}" for x in ("input_a", "input_b", "op_a", "op_b", "combine")]
         object.__setattr__(self, "choices", tuple(choices))
         object.__setattr__(self, "names", tuple(names))
@@ -106,7 +111,7 @@ class NASNetSpace(DecisionSpace):
             for b in range(self.num_blocks):
                 ia, ib, oa, ob, cb = d[offset + 5 * b: offset + 5 * b + 5]
                 blocks.append(Block(ia, ib, self.ops[oa], self.ops[ob], self.combiners[cb]))
-            return CellGenotype(tuple(blocks), self.output)
+            return CellGenotype(tuple(blocks), self.output, self.num_inputs)
 
         return Genotype(cell(0), cell(per_cell))
 
@@ -117,6 +122,9 @@ class NASNetSpace(DecisionSpace):
             if cell.num_blocks != self.num_blocks:
                 raise SpaceError(f"{name} cell has {cell.num_blocks} blocks; "
                                  f"this space has {self.num_blocks}")
+            if cell.num_inputs != self.num_inputs:
+                raise SpaceError(f"{name} cell takes {cell.num_inputs} inputs; this space's cells take "
+                                 f"{self.num_inputs}")
             if cell.output != self.output:
                 raise SpaceError(f"{name} cell output is {cell.output!r}; this space uses {self.output!r}")
             for b, blk in enumerate(cell.blocks):
@@ -132,15 +140,15 @@ class NASNetSpace(DecisionSpace):
     def to_dict(self) -> dict:
         """Plain-data form (enough to rebuild the space)."""
         return {"num_blocks": self.num_blocks, "ops": list(self.ops), "combiners": list(self.combiners),
-                "output": self.output}
+                "output": self.output, "num_inputs": self.num_inputs}
 
 
-# Paper variants (appendix): A = B 5, add/concat, unused states concatenated; B = B 4, all states
-# are outputs, four combiners; C = B 4, unused states concatenated, four combiners. (NASNet-B's
-# "four cell inputs" are not modelled by nasnet_core's two-input cells.)
+# Paper variants (appendix): A = B 5, add/concat, unused states concatenated; B = B 4, four cell
+# inputs (the outputs of the last four layers), all four block outputs are the cell's outputs,
+# four combiners; C = B 4, unused states concatenated, four combiners.
 SPACE_VARIANTS: dict[str, dict] = {
     "A": dict(num_blocks=5, combiners=("add", "concat"), output="unused"),
-    "B": dict(num_blocks=4, combiners=COMBINERS, output="all"),
+    "B": dict(num_blocks=4, combiners=COMBINERS, output="all", num_inputs=4),
     "C": dict(num_blocks=4, combiners=COMBINERS, output="unused"),
 }
 

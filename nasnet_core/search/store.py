@@ -23,8 +23,10 @@ CREATE TABLE IF NOT EXISTS children (
     id INTEGER PRIMARY KEY,          -- order in which the strategy asked for it
     decisions TEXT NOT NULL,         -- JSON list of ints
     genotype TEXT,                   -- nc.Genotype text form (NASNet spaces)
-    status TEXT NOT NULL,            -- pending | done | failed
-    reward REAL,                     -- held-out accuracy (done children)
+    status TEXT NOT NULL,            -- pending | done | failed | timeout
+    reward REAL,                     -- the reward told (done children): accuracy, or cost-aware
+    accuracy REAL,                   -- held-out accuracy when the reward is cost-aware
+    mult_adds INTEGER,               -- mult-adds of the child network as built (child reward)
     error TEXT,                      -- why it failed
     seq INTEGER UNIQUE,              -- order in which results came back (1-based)
     t_asked REAL NOT NULL,           -- unix time sampled
@@ -70,6 +72,10 @@ class RunStore:
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not {"meta", "children", "strategy"} <= tables:
                 raise StoreError(f"{self.path} is not a search database (tables: {sorted(tables)})")
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(children)")}
+            for name, kind in (("accuracy", "REAL"), ("mult_adds", "INTEGER")):  # runs made before them
+                if name not in columns:
+                    self.db.execute(f"ALTER TABLE children ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         """Close the database."""
@@ -136,9 +142,10 @@ class RunStore:
                 raise StoreError(f"child {child_id} is not pending (status "
                                  f"{None if row is None else row['status']!r}); refusing to record it twice")
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM children").fetchone()[0]
-            db.execute("UPDATE children SET status = ?, reward = ?, error = ?, seq = ?, t_started = ?, "
-                       "t_finished = ?, seconds = ?, worker = ? WHERE id = ?",
-                       (result["status"], result.get("reward"), result.get("error"), seq,
+            db.execute("UPDATE children SET status = ?, reward = ?, accuracy = ?, mult_adds = ?, error = ?, "
+                       "seq = ?, t_started = ?, t_finished = ?, seconds = ?, worker = ? WHERE id = ?",
+                       (result["status"], result.get("reward"), result.get("accuracy"),
+                        result.get("mult_adds"), result.get("error"), seq,
                         result.get("started"), time.time(), result.get("seconds"), result.get("worker"),
                         child_id))
             if strategy_state is not None:

@@ -1,4 +1,5 @@
-"""Search strategies over any ``DecisionSpace``: ``ppo`` and ``reinforce`` (LSTM controller), ``random``.
+"""Search strategies over any ``DecisionSpace``: ``ppo`` and ``reinforce`` (LSTM controller), ``random``,
+``evolution`` (aging evolution, in ``evolution.py``).
 
 All share one interface: ``ask(n)`` returns n decision lists, ``tell(results)`` takes
 ``(decisions, reward)`` pairs (in any order, from any earlier ask), ``state_dict()`` /
@@ -262,12 +263,16 @@ class Reinforce(PolicyGradient):
     def _epochs(self) -> int:
         return 1
 
+def _evolution(space: DecisionSpace, seed: int = 0, **hparams) -> Strategy:
+    from .evolution import AgingEvolution  # its own module; it builds on Strategy above
+    return AgingEvolution(space, seed=seed, **hparams)
 
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "ppo": PolicyGradient,
     "reinforce": Reinforce,
     "random": RandomSearch,
+    "evolution": _evolution,
 }
 
 
