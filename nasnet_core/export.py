@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["EXPORTERS", "OnnxCheck", "check_onnx", "export_onnx", "onnx_session"]
+__all__ = ["DEFAULT_OPSET", "EXPORTERS", "OnnxCheck", "check_onnx", "export_onnx", "onnx_session"]
 
 EXPORTERS = ("torchscript", "dynamo")
 MIN_OPSET = 17
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
+"""torch's dynamo exporter implements opset 18 and cannot convert Pad down to 17."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,12 @@ def _require(module: str):
 
 
 def export_onnx(model: nn.Module, path: str, example: torch.Tensor, exporter: str = "torchscript",
-                opset: int = MIN_OPSET, overwrite: bool = False, output_names=("logits",)) -> str:
-    """Export ``model`` (eval mode) to ONNX at ``path`` with a dynamic batch dimension."""
+                opset: int | None = None, overwrite: bool = False, output_names=("logits",)) -> str:
+    """Export ``model`` (eval mode) to ONNX at ``path`` with a dynamic batch dimension
+    (opset default: 17 for the TorchScript-based exporter, 18 for dynamo)."""
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
+    opset = opset or DEFAULT_OPSET[exporter]
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is below the supported minimum {MIN_OPSET}")
     if os.path.exists(path) and not overwrite:
@@ -58,6 +62,7 @@ def export_onnx(model: nn.Module, path: str, example: torch.Tensor, exporter: st
     names = list(output_names)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # strided slices stay
         if exporter == "torchscript":
             torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=names,

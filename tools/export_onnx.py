@@ -21,7 +21,7 @@ import torch
 
 import nasnet_core as nc
 from nasnet_core.cli import tool_main
-from nasnet_core.export import EXPORTERS, MIN_OPSET, check_onnx, export_onnx
+from nasnet_core.export import DEFAULT_OPSET, EXPORTERS, MIN_OPSET, check_onnx, export_onnx
 
 
 def parse_opts(pairs: list[str]) -> dict:
@@ -51,7 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, help="input size (default: the model's)")
     ap.add_argument("--exporter", choices=EXPORTERS, default="torchscript",
                     help="torch.onnx exporter: torchscript (dynamo=False) or dynamo")
-    ap.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    ap.add_argument("--opset", type=int,
+                    help=f"ONNX opset (>= {MIN_OPSET}; default {DEFAULT_OPSET['torchscript']} torchscript, "
+                         f"{DEFAULT_OPSET['dynamo']} dynamo)")
     ap.add_argument("--output", required=True, help="ONNX file to write")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
     ap.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed")
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     export_onnx(model, args.output, torch.randn(1, 3, size, size), exporter=args.exporter,
                 opset=args.opset, overwrite=args.overwrite)
-    print(f"wrote {args.output} ({args.exporter} exporter, opset {args.opset}, input Nx3x{size}x{size}) "
+    opset = args.opset or DEFAULT_OPSET[args.exporter]
+    print(f"wrote {args.output} ({args.exporter} exporter, opset {opset}, input Nx3x{size}x{size}) "
           f"in {time.perf_counter() - t:.1f} s")
     res = check_onnx(args.output, model, [torch.randn(1, 3, size, size), torch.randn(2, 3, size, size)])
     print(f"onnxruntime check: batch {', '.join(map(str, res.batch_sizes))}: max abs logit difference "
