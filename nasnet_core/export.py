@@ -45,9 +45,11 @@ def _require(module: str):
 
 
 def export_onnx(model: nn.Module, path: str, example: torch.Tensor, exporter: str = "torchscript",
-                opset: int | None = None, overwrite: bool = False, output_names=("logits",)) -> str:
+                opset: int | None = None, overwrite: bool = False, output_names=("logits",),
+                dynamic_batch: bool = True) -> str:
     """Export ``model`` (eval mode) to ONNX at ``path`` with a dynamic batch dimension
-    (opset default: 17 for the TorchScript-based exporter, 18 for dynamo)."""
+    (opset default: 17 for the TorchScript-based exporter, 18 for dynamo). ``dynamic_batch=False``
+    keeps every shape of the example (e.g. a detector's CHW image)."""
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown exporter {exporter!r}; known: {', '.join(EXPORTERS)}")
     opset = opset or DEFAULT_OPSET[exporter]
@@ -64,14 +66,15 @@ def export_onnx(model: nn.Module, path: str, example: torch.Tensor, exporter: st
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # strided slices stay
         if exporter == "torchscript":
+            axes = {"input": {0: "batch"}, **{n: {0: "batch"} for n in names}} if dynamic_batch else None
             torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset,
-                              input_names=["input"], output_names=names,
-                              dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}})
+                              input_names=["input"], output_names=names, dynamic_axes=axes)
         else:
             batch = torch.export.Dim("batch", min=1, max=1024)
             prog = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                      input_names=["input"], output_names=names,
-                                     dynamic_shapes=({0: batch},), verbose=False)
+                                     dynamic_shapes=({0: batch},) if dynamic_batch else None,
+                                     verbose=False)
             prog.save(path)
     return path
 

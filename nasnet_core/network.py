@@ -297,6 +297,11 @@ def take_indices(count: int, indices) -> list[int]:
     return out
 
 
+# FX (torchvision/timm feature extractors) copies forward's annotation into generated code that
+# TorchScript compiles; the postponed (string) annotation would not resolve there.
+NASNet.forward.__annotations__["x"] = torch.Tensor
+
+
 def _stem_conv(stem: StemSpec, ctx: OpContext) -> ConvNorm:
     """``conv0``: VALID 3x3 stride-2 conv (ImageNet) or SAME 3x3 conv (CIFAR), then norm."""
     if stem.kind == "imagenet":

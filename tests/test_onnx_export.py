@@ -97,3 +97,34 @@ def test_export_tool_checks_and_exits_2_on_bad_input(tmp_path):
     bad = subprocess.run([sys.executable, "tools/export_onnx.py", "--model", "nope", "--output",
                           str(tmp_path / "x.onnx")], capture_output=True, text=True)
     assert bad.returncode == 2 and "known models" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_detector_onnx_detections_equal_pytorch(tmp_path):
+    """Mobile 600 C4 detector, random weights with random BN statistics, score threshold 0:
+    onnxruntime's detections equal PyTorch's (the tool checks and prints them)."""
+    pytest.importorskip("detectron2")
+    from detectron2.modeling import build_model
+
+    from nasnet_det.engine import setup_cfg_plain
+    config = "configs/COCO-Detection/faster_rcnn_nasnet_a_mobile_600.yaml"
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    torch.manual_seed(0)
+    model = build_model(setup_cfg_plain(config, opts))
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if getattr(m, "running_var", None) is not None:  # BN and frozen BN
+            m.running_mean.normal_(0, 0.1, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+    weights = tmp_path / "det.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    out = tmp_path / "det.onnx"
+    cmd = [sys.executable, "tools/export_onnx.py", "--config-file", config, "--output", str(out),
+           "--opts", *opts, "MODEL.WEIGHTS", str(weights)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = next(x for x in res.stdout.splitlines() if x.startswith("onnxruntime check:"))
+    count = int(line.split(": ")[1].split()[0])
+    box_diff = float(line.split("max box diff ")[1].split()[0])
+    assert count >= 20, line  # detections forced by the low score threshold
+    assert box_diff <= 1e-2, line
