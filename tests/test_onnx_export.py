@@ -118,12 +118,16 @@ def test_detector_onnx_detections_equal_pytorch(tmp_path):
             m.running_var.uniform_(0.5, 2.0, generator=g)
     weights = tmp_path / "det.pth"
     torch.save({"model": model.state_dict()}, weights)
+    import cv2
+    image = torch.randint(0, 256, (600, 600, 3), generator=g).to(torch.uint8).numpy()
+    cv2.imwrite(str(tmp_path / "img.png"), image)
     out = tmp_path / "det.onnx"
     cmd = [sys.executable, "tools/export_onnx.py", "--config-file", config, "--output", str(out),
-           "--opts", *opts, "MODEL.WEIGHTS", str(weights)]
+           "--image", str(tmp_path / "img.png"), "--opts", *opts, "MODEL.WEIGHTS", str(weights)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     line = next(x for x in res.stdout.splitlines() if x.startswith("onnxruntime check:"))
+    print(line)
     count = int(line.split(": ")[1].split()[0])
     box_diff = float(line.split("max box diff ")[1].split()[0])
     assert count >= 20, line  # detections forced by the low score threshold
