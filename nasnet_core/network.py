@@ -68,6 +68,7 @@ class NASNet(nn.Module):
     """
 
     global_pool = "avg"  # '' after reset_classifier(0, ''): forward returns the final map
+    final_act = True  # the ReLU closing forward_features; prune_intermediate_layers(prune_norm=True) drops it
 
     def __init__(
         self,
@@ -178,7 +179,8 @@ class NASNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The final feature map, ReLU applied (``num_features`` channels, stride 32 on ImageNet)."""
-        return F.relu(self.forward_cells([self.conv0(x)])[-1])
+        x = self.forward_cells([self.conv0(x)])[-1]
+        return F.relu(x) if self.final_act else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pool -> dropout -> FC on ``forward_features``' output; ``pre_logits``
@@ -253,12 +255,13 @@ class NASNet(nn.Module):
         intermediates = [taps[m] for m in modules]
         if intermediates_only:
             return intermediates
-        return F.relu(outputs[-1]), intermediates
+        return (F.relu(outputs[-1]) if self.final_act else outputs[-1]), intermediates
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """Drop the cells after the last requested ``feature_info`` map (and the head if
-        ``prune_head``); returns the kept positions."""
+        ``prune_head``; with ``prune_norm`` also the final ReLU, so ``forward_features`` ends at
+        that map); returns the kept positions."""
         take = take_indices(len(self.feature_info), indices)
         last = max(take)
         module = self.feature_info[last]["module"]
@@ -268,6 +271,8 @@ class NASNet(nn.Module):
         self.cell_specs = self.cell_specs[:end]
         if prune_head:
             self.reset_classifier(0)
+        if prune_norm:
+            self.final_act = False
         return take
 
     def cell_index(self, name: str) -> int:

@@ -106,3 +106,14 @@ def test_pretrained_loads_a_converted_checkpoint(tmp_path):
         timm.create_model("nc_nasnet_a_mobile", pretrained=True)
     with pytest.raises(TypeError, match="not_an_arg"):
         timm.create_model("nc_nasnet_a_mobile", not_an_arg=1)
+
+
+def test_prune_intermediate_layers_ends_features_at_the_tap():
+    m = timm.create_model("nc_nasnet_a_mobile", N=1, num_conv_filters=8).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        taps = m.forward_intermediates(x, intermediates_only=True)
+        kept = m.prune_intermediate_layers([2], prune_norm=True)
+        assert kept == [2] and m.num_classes == 0
+        torch.testing.assert_close(m.forward_features(x), taps[2])
+        assert len(m.cell_specs) == m.plan.index(m.feature_info[2]["module"]) + 1
