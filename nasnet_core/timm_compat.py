@@ -77,6 +77,7 @@ def _build(name: str):
     def build(num_classes: int = 1000, in_chans: int = 3, global_pool: str | None = None,
               drop_rate: float | None = None, drop_path_rate: float | None = None, device=None, dtype=None,
               **overrides) -> NASNet:
+        """The NASNet for timm's kwargs (unknown ones raise TypeError, as timm expects)."""
         if drop_rate is not None:
             overrides["dropout"] = drop_rate
         if drop_path_rate is not None:
@@ -116,6 +117,7 @@ def register_timm(name: str) -> str:
     build = _build(name)
 
     def entry(pretrained: bool = False, **kwargs) -> NASNet:
+        """timm entrypoint: build through timm's builder (pretrained cfg, features_only)."""
         if pretrained and not (kwargs.get("pretrained_cfg_overlay") or {}).get("file"):
             raise ValueError(f"{tname} has no hosted weights; convert them with tools/convert_weights.py and "
                              "pass pretrained_cfg_overlay=dict(file=<checkpoint>)")

@@ -81,6 +81,7 @@ def export_detector(args) -> None:
     image = detector_image(args.image, args.image_size or cfg.INPUT.MIN_SIZE_TEST)
 
     def inference(m, inputs):
+        """Detections before rescaling (the traced outputs)."""
         return [{"instances": m.inference(inputs, do_postprocess=False)[0]}]
 
     adapter = TracingAdapter(model, [{"image": image}], inference).eval()
