@@ -4,6 +4,7 @@ from .complexity import complexity
 from .convert import CheckpointMismatch, convert_state_dict, load_checkpoint, read_state_dict, save_checkpoint
 from .fuse import fuse_bn
 from .genotype import GENOTYPES, NASNET_A, Block, CellGenotype, Genotype, GenotypeError, get_genotype
+from .inference import optimize_for_inference
 from .layers import NORMS, PAD_MODES
 from .network import NASNet
 from .ops import COMBINERS, OP_NAMES, OPS, PAPER_OPS, FoldPair, OpContext
@@ -17,5 +18,5 @@ __all__ = [
     "Genotype", "GenotypeError", "MODELS", "ModelConfig", "NASNET_A", "NASNet", "NetworkPlan", "NORMS",
     "OP_NAMES", "OPS", "OpContext", "PAD_MODES", "PAPER_OPS", "complexity", "convert_state_dict",
     "create_model", "fuse_bn", "get_config", "get_genotype", "list_models", "load_checkpoint",
-    "make_plan", "read_state_dict", "register_model", "save_checkpoint",
+    "make_plan", "optimize_for_inference", "read_state_dict", "register_model", "save_checkpoint",
 ]

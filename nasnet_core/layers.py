@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["BN_TYPES", "FrozenBatchNorm2d", "NORMS", "PAD_MODES", "SameConv2d", "SamePool2d", "drop_path",
-           "make_norm", "same_padding"]
+           "make_norm", "same_padding",
+           "static_hw"]
 
 PAD_MODES = ("tf", "timm")
 """``tf``: TF "SAME" semantics (avg pools never count padding; also what Cadene's
@@ -75,7 +76,16 @@ BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 # ----------------------------------------------------------------------------
 # TF "SAME" padding
 # ----------------------------------------------------------------------------
-@lru_cache(maxsize=4096)
+def static_hw(x: torch.Tensor) -> tuple[int, int]:
+    """Height and width of ``x`` as Python ints.
+
+    Under ``torch.jit.trace`` (the TorchScript-based ONNX exporter) sizes are traced
+    tensors; TF "SAME" padding is then computed once from the example's static spatial
+    size and recorded as constants (the batch dimension stays dynamic).
+    """
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF "SAME" padding (before, after) of one spatial dim; extra pad goes after."""
     out = -(-size // stride)
@@ -98,20 +108,25 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Convolve ``x`` with SAME padding."""
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        ph = same_padding(x.shape[-2], kh, sh, dh)
-        pw = same_padding(x.shape[-1], kw, sw, dw)
+        h, w = static_hw(x)
+        ph, pw = same_padding(h, kh, sh, dh), same_padding(w, kw, sw, dw)
         if ph[0] == ph[1] and pw[0] == pw[1]:
             return F.conv2d(x, self.weight, self.bias, self.stride, (ph[0], pw[0]), self.dilation,
                             self.groups)
-        x = F.pad(x, (pw[0], pw[1], ph[0], ph[1]))
+        x = F.pad(x, [pw[0], pw[1], ph[0], ph[1]])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _divisor(x: torch.Tensor, k: int, s: int, pads: list[int]) -> torch.Tensor:
+    """Fraction of real (unpadded) pixels under each k x k window of padded ``x``."""
+    ones = F.pad(torch.ones(1, 1, x.shape[-2], x.shape[-1], dtype=x.dtype, device=x.device), pads)
+    return F.avg_pool2d(ones, k, s, 0)
 
 
 @lru_cache(maxsize=256)
 def _avg_divisor(h: int, w: int, k: int, s: int, pads: tuple[int, int, int, int],
                  device: str, dtype: torch.dtype) -> torch.Tensor:
-    ones = F.pad(torch.ones(1, 1, h, w, dtype=dtype, device=device), pads)
-    return F.avg_pool2d(ones, k, s, 0)
+    return _divisor(torch.empty(1, 1, h, w, dtype=dtype, device=device), k, s, list(pads))
 
 
 class SamePool2d(nn.Module):
@@ -129,23 +144,25 @@ class SamePool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pool ``x`` with SAME padding."""
         k, s = self.kernel, self.stride
-        h, w = x.shape[-2:]
+        h, w = static_hw(x)
         ph, pw = same_padding(h, k, s), same_padding(w, k, s)
         symmetric = ph[0] == ph[1] and pw[0] == pw[1] and ph[0] <= k // 2 and pw[0] <= k // 2
         if self.kind == "max":
             if symmetric:
                 return F.max_pool2d(x, k, s, (ph[0], pw[0]))
-            return F.max_pool2d(F.pad(x, (pw[0], pw[1], ph[0], ph[1]), value=float("-inf")), k, s)
+            return F.max_pool2d(F.pad(x, [pw[0], pw[1], ph[0], ph[1]], value=float("-inf")), k, s)
         # timm's dynamic-"same" avg pool (stride > 1) pads zeros that then count in the mean.
         count_pad = self.pad_mode == "timm" and s > 1
         if symmetric:
             return F.avg_pool2d(x, k, s, (ph[0], pw[0]), count_include_pad=count_pad)
-        pads = (pw[0], pw[1], ph[0], ph[1])
+        pads = [pw[0], pw[1], ph[0], ph[1]]
         out = F.avg_pool2d(F.pad(x, pads), k, s, 0)
         if count_pad:
             return out
         # TF excludes padding from the count: rescale by the fraction of real pixels.
-        return out / _avg_divisor(h, w, k, s, pads, str(x.device), x.dtype)
+        if torch.jit.is_scripting():
+            return out / _divisor(x, k, s, pads)
+        return out / _avg_divisor(h, w, k, s, (pads[0], pads[1], pads[2], pads[3]), str(x.device), x.dtype)
 
 
 def drop_path(x: torch.Tensor, keep_prob: float) -> torch.Tensor:

@@ -132,7 +132,17 @@ def test_analyze_tool_prints_every_model():
 
 def test_benchmark_tool_prints_ratios():
     r = subprocess.run([sys.executable, str(ROOT / "tools/benchmark_models.py"), "--models", "mobile",
-                        "--iters", "1", "--warmup", "0"], capture_output=True, text=True)
+                        "--threads", "1", "--batch-sizes", "1", "--iters", "1", "--warmup", "0"],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "CPU batch-1 nasnet_a_mobile@224" in r.stdout and "ratio of medians" in r.stdout
-    assert "ours + fuse_bn" in r.stdout
+    assert "CPU nasnet_a_mobile@224 bs1 1 thread(s); peer = cadene nasnetamobile" in r.stdout
+    rows = {line.strip().split("  ")[0]: line for line in r.stdout.splitlines() if line.startswith("  ours")
+            or line.startswith("  peer")}
+    expected = ["peer eager", "ours eager", "ours fused+cl", "ours optimised"]
+    try:
+        import onnxruntime  # noqa: F401
+        expected.append("ours ORT")
+    except ImportError:
+        pass
+    assert list(rows) == expected, r.stdout
+    assert "ratio 1.00" in rows["peer eager"] and all(" ms  ratio " in v for v in rows.values())

@@ -63,7 +63,7 @@ def test_every_registered_model_runs_and_feature_info_is_true(name):
     size = model.image_size
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
-        feats = model.forward_features(x)
+        feats = model.forward_feature_maps(x)
         logits = model(x)
     assert logits.shape == (1, model.default_cfg.num_classes)
     assert [f["name"] for f in model.feature_info] == list(feats)
@@ -113,7 +113,7 @@ def test_any_genotype_builds_at_any_n_at_f(seed, stem):
     assert out.shape == (2, model.default_cfg.num_classes)
     out.sum().backward()
     model.eval()
-    feats = model.forward_features(x)
+    feats = model.forward_feature_maps(x)
     for info in model.feature_info:
         assert feats[info["name"]].shape[1] == info["channels"]
 

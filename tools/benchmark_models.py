@@ -1,27 +1,32 @@
 #!/usr/bin/env python
-"""Speed of our NASNet-A models against the public ports, measured in the same run.
+"""Speed of our NASNet-A models against the public ports, measured in one run and one process.
 
-CPU: batch-1 latency (median of interleaved runs) of ours -- as built, and with
-``nc.fuse_bn`` (BN folded into the convs, inference only) -- vs Cadene ``nasnetamobile``
-and timm ``nasnetalarge``; ``--channels-last`` runs all of them channels_last. GPU (when
-present): train and inference images/s in fp32 and bf16 autocast, channels_last.
-Prints ratios ours/peer (< 1 means we are faster).
+CPU: median batch latency of interleaved runs, for each thread count and batch size, of
+  peer eager      Cadene ``nasnetamobile`` / timm ``nasnetalarge`` (PyTorch eager)
+  ours eager      ``nc.create_model(...)`` in eval mode
+  ours fused+cl   ``nc.fuse_bn`` + channels_last (eager)
+  ours optimised  ``nc.optimize_for_inference`` (fuse_bn, channels_last, traced + frozen)
+  ours ORT        our ONNX export in onnxruntime (all graph optimisations; needs the export extra)
+with ratios to peer eager (< 1: faster). GPU (``--gpu``): train and inference images/s in
+fp32 and bf16 autocast, channels_last.
 
-    python tools/benchmark_models.py --models mobile large
+    python tools/benchmark_models.py --models mobile --threads 1 2 --batch-sizes 1 8
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
 
 import nasnet_core as nc
 from nasnet_core.cli import tool_main
+from nasnet_core.inference import optimize_for_inference
 
 PAIRS = {
     # ours (arch, overrides), peer builder, input size
@@ -41,20 +46,60 @@ def build_peer(name: str) -> torch.nn.Module:
     raise ValueError(f"unknown peer {name!r}")
 
 
-def interleaved_latency(models: list[torch.nn.Module], x: torch.Tensor, iters: int,
-                        warmup: int) -> list[list[float]]:
-    """Per-model lists of batch latencies (s), alternating models each iteration."""
-    times: list[list[float]] = [[] for _ in models]
+def interleaved_latency(runners: list, x: torch.Tensor, iters: int, warmup: int) -> list[list[float]]:
+    """Per-runner lists of batch latencies (s), alternating runners each iteration."""
+    times: list[list[float]] = [[] for _ in runners]
     with torch.inference_mode():
         for _ in range(warmup):
-            for m in models:
-                m(x)
+            for run in runners:
+                run(x)
         for _ in range(iters):
-            for i, m in enumerate(models):
+            for i, run in enumerate(runners):
                 t = time.perf_counter()
-                m(x)
+                run(x)
                 times[i].append(time.perf_counter() - t)
     return times
+
+
+def ort_runner(model: torch.nn.Module, size: int, threads: int, folder: str):
+    """``x -> logits`` through our ONNX export in onnxruntime, or None without the export extra."""
+    try:
+        from nasnet_core.export import export_onnx, onnx_session
+        path = os.path.join(folder, f"{model.arch}_{size}.onnx")
+        if not os.path.exists(path):
+            export_onnx(model, path, torch.randn(1, 3, size, size))
+        sess = onnx_session(path, threads)
+    except ValueError as e:  # the export extra is missing
+        print(f"  (no onnxruntime column: {e})")
+        return None
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x.numpy()})
+
+
+def cpu_table(key: str, threads: int, batch: int, args, folder: str) -> None:
+    """Time every variant of pair ``key`` at one thread count and batch size; print ratios."""
+    arch, kw, peer_name, size = PAIRS[key]
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    ours = nc.create_model(arch, aux_head=False, **kw).eval()
+    peer = build_peer(peer_name).eval()
+    x = torch.randn(batch, 3, size, size)
+    variants = [("peer eager", peer), ("ours eager", ours),
+                ("ours fused+cl", optimize_for_inference(ours, x[:1], freeze=False)),
+                ("ours optimised", optimize_for_inference(ours, x[:1]))]
+    fused = variants[2][1]
+    runners = [(label, m) for label, m in variants]
+    runners[2] = ("ours fused+cl", lambda t: fused(t.contiguous(memory_format=torch.channels_last)))
+    ort = ort_runner(ours, size, threads, folder) if not args.no_onnx else None
+    if ort is not None:
+        runners.append(("ours ORT", ort))
+    times = interleaved_latency([r for _, r in runners], x, args.iters, args.warmup)
+    base = statistics.median(times[0])
+    print(f"CPU {arch}@{size} bs{batch} {threads} thread(s); peer = {peer_name}")
+    for (label, _), t in zip(runners, times):
+        med = statistics.median(t)
+        paired = statistics.median(a / b for a, b in zip(t, times[0]))
+        print(f"  {label:15s} {med * 1e3:8.1f} ms  ratio {med / base:.2f}  (median paired {paired:.2f})")
 
 
 def gpu_throughput(model: torch.nn.Module, size: int, batch: int, train: bool, bf16: bool,
@@ -91,51 +136,43 @@ def gpu_throughput(model: torch.nn.Module, size: int, batch: int, train: bool, b
 
 @tool_main
 def main(argv=None) -> int:
-    """Run the benchmark and print the ratio table."""
+    """Run the benchmark and print the ratio tables."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS), help="pairs to time")
-    ap.add_argument("--iters", type=int, default=20, help="timed CPU iterations per model")
+    ap.add_argument("--models", nargs="+", default=["mobile"], choices=list(PAIRS), help="pairs to time")
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="CPU thread counts")
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], help="CPU batch sizes")
+    ap.add_argument("--iters", type=int, default=15, help="timed CPU iterations per variant")
     ap.add_argument("--warmup", type=int, default=3, help="untimed CPU iterations first")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
-    ap.add_argument("--channels-last", action="store_true", help="CPU runs in channels_last (all models)")
+    ap.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime column")
     ap.add_argument("--gpu", action="store_true", help="also run the CUDA throughput benchmark")
     ap.add_argument("--batch-size", type=int, default=32, help="images per step of the GPU benchmark")
     ap.add_argument("--gpu-iters", type=int, default=10, help="timed GPU steps")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} CPU threads")
-    for key in args.models:
-        arch, kw, peer_name, size = PAIRS[key]
-        ours = nc.create_model(arch, aux_head=False, **kw).eval()
-        peer = build_peer(peer_name).eval()
-        fused = nc.fuse_bn(copy.deepcopy(ours))
-        x = torch.randn(1, 3, size, size)
-        fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-        x = x.to(memory_format=fmt)
-        cpu_models = [m.to(memory_format=fmt) for m in (ours, peer, fused)]
-        t_ours, t_peer, t_fused = interleaved_latency(cpu_models, x, args.iters, args.warmup)
-        mp = statistics.median(t_peer)
-        layout = "channels_last" if args.channels_last else "contiguous"
-        print(f"CPU batch-1 {arch}@{size} ({layout}): {peer_name} {mp * 1e3:.1f} ms")
-        for label, times in (("ours", t_ours), ("ours + fuse_bn", t_fused)):
-            mo = statistics.median(times)
-            paired = statistics.median(a / b for a, b in zip(times, t_peer))
-            print(f"  {label:15s} {mo * 1e3:.1f} ms, ratio of medians {mo / mp:.3f} "
-                  f"(median paired ratio {paired:.3f})")
-        if args.gpu and torch.cuda.is_available():
-            for train in (False, True):
-                for bf16 in (False, True):
-                    res = {}
-                    for label, m in (("ours", ours), ("peer", peer)):
-                        res[label] = gpu_throughput(m, size, args.batch_size, train, bf16,
-                                                    args.gpu_iters)
-                    mode = ("train" if train else "infer") + (" bf16" if bf16 else " fp32")
-                    print(f"GPU {arch} {mode} channels_last bs{args.batch_size}: ours "
-                          f"{res['ours']:.1f} img/s, {peer_name} {res['peer']:.1f} img/s, "
-                          f"speed ratio ours/peer {res['ours'] / res['peer']:.3f} (>1: ours faster)")
-                    ours.cpu(), peer.cpu()
+    print(f"torch {torch.__version__}; medians of {args.iters} interleaved runs")
+    with tempfile.TemporaryDirectory() as folder:
+        for key in args.models:
+            for threads in args.threads:
+                for batch in args.batch_sizes:
+                    cpu_table(key, threads, batch, args, folder)
+            if args.gpu and torch.cuda.is_available():
+                gpu_table(key, args)
     return 0
+
+
+def gpu_table(key: str, args) -> None:
+    """Train/inference images/s of ours and the peer on CUDA, fp32 and bf16."""
+    arch, kw, peer_name, size = PAIRS[key]
+    ours = nc.create_model(arch, aux_head=False, **kw)
+    peer = build_peer(peer_name)
+    for train in (False, True):
+        for bf16 in (False, True):
+            res = {label: gpu_throughput(m, size, args.batch_size, train, bf16, args.gpu_iters)
+                   for label, m in (("ours", ours), ("peer", peer))}
+            mode = ("train" if train else "infer") + (" bf16" if bf16 else " fp32")
+            ratio = res["ours"] / res["peer"]
+            print(f"GPU {arch} {mode} channels_last bs{args.batch_size}: ours {res['ours']:.1f} img/s, "
+                  f"{peer_name} {res['peer']:.1f} img/s, speed ratio ours/peer {ratio:.3f}")
+            ours.cpu(), peer.cpu()
 
 
 if __name__ == "__main__":
