@@ -116,16 +116,28 @@ def test_detector_onnx_detections_equal_pytorch(tmp_path):
         if getattr(m, "running_var", None) is not None:  # BN and frozen BN
             m.running_mean.normal_(0, 0.1, generator=g)
             m.running_var.uniform_(0.5, 2.0, generator=g)
-    weights = tmp_path / "det.pth"
-    torch.save({"model": model.state_dict()}, weights)
     import cv2
     image = torch.randint(0, 256, (600, 600, 3), generator=g).to(torch.uint8).numpy()
     cv2.imwrite(str(tmp_path / "img.png"), image)
+    # Random weights saturate the softmax (every score 1.0: ties, whose order no runtime fixes);
+    # scale the class logits to std 2 on this image so the scores are distinct.
+    model.eval()
+    cls, seen = model.roi_heads.box_predictor.cls_score, []
+    hook = cls.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.no_grad():
+        model([{"image": torch.from_numpy(image.transpose(2, 0, 1).copy()).float()}])
+        hook.remove()
+        scale = 2.0 / float(seen[0].std())
+        cls.weight.mul_(scale)
+        cls.bias.mul_(scale)
+    weights = tmp_path / "det.pth"
+    torch.save({"model": model.state_dict()}, weights)
     out = tmp_path / "det.onnx"
     cmd = [sys.executable, "tools/export_onnx.py", "--config-file", config, "--output", str(out),
            "--image", str(tmp_path / "img.png"), "--opts", *opts, "MODEL.WEIGHTS", str(weights)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "input (3, 600, 600)" in res.stdout, res.stdout  # the config's fixed 600 x 600 input
     line = next(x for x in res.stdout.splitlines() if x.startswith("onnxruntime check:"))
     print(line)
     count = int(line.split(": ")[1].split()[0])

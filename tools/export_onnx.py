@@ -48,8 +48,9 @@ def parse_opts(pairs: list[str]) -> dict:
     return out
 
 
-def detector_image(path: str | None, size: int) -> torch.Tensor:
-    """CHW float image in 0-255: ``path`` resized so its short side is ``size``, else fixed noise."""
+def detector_image(path: str | None, size: int, square: bool = False) -> torch.Tensor:
+    """CHW float image in 0-255: ``path`` resized to ``size`` x ``size`` (``square``, the configs'
+    INPUT.FIXED_SIZE) or so its short side is ``size``; fixed noise without a path."""
     if path is None:
         return torch.randint(0, 256, (3, size, size), generator=torch.Generator().manual_seed(0)).float()
     import cv2
@@ -57,7 +58,8 @@ def detector_image(path: str | None, size: int) -> torch.Tensor:
     if img is None:
         raise ValueError(f"cannot read image {path}")
     scale = size / min(img.shape[:2])
-    img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)))
+    shape = (size, size) if square else (round(img.shape[1] * scale), round(img.shape[0] * scale))
+    img = cv2.resize(img, shape)
     return torch.from_numpy(img.transpose(2, 0, 1).copy()).float()  # BGR, as Detectron2's default
 
 
@@ -78,7 +80,9 @@ def export_detector(args) -> None:
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         NASNetCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    image = detector_image(args.image, args.image_size or cfg.INPUT.MIN_SIZE_TEST)
+    fixed = cfg.INPUT.FIXED_SIZE
+    image = detector_image(args.image, args.image_size or fixed or cfg.INPUT.MIN_SIZE_TEST,
+                           square=not args.image_size and fixed > 0)
 
     def inference(m, inputs):
         """Detections before rescaling (the traced outputs)."""
