@@ -20,8 +20,8 @@ import yaml
 
 from .fileio import atomic_write_text, read_yaml_mapping
 
-__all__ = ["ConfigError", "Key", "Schema", "CLASSIFICATION", "SEARCH", "load_config",
-           "apply_overrides", "dump_config", "write_config", "flatten", "CLASSIFICATION_KEYS", "SEARCH_KEYS"]
+__all__ = ["ConfigError", "Key", "Schema", "CLASSIFICATION", "SEARCH", "load_config", "apply_overrides",
+           "parse_pairs", "dump_config", "write_config", "flatten", "CLASSIFICATION_KEYS", "SEARCH_KEYS"]
 
 
 class ConfigError(ValueError):
@@ -277,11 +277,12 @@ CLASSIFICATION = Schema("classification", [Key(*k) for k in CLASSIFICATION_KEYS]
 SEARCH = Schema("search", [Key(*k) for k in SEARCH_KEYS])
 
 
-def apply_overrides(cfg: dict, overrides: list, schema: Schema = CLASSIFICATION) -> dict:
-    """Apply ``["section.key", "value", ...]`` pairs; string values are parsed as YAML scalars."""
+def parse_pairs(overrides: list) -> list[tuple[str, Any]]:
+    """``["key", "value", ...]`` -> ``[(key, value), ...]``; string values parsed as YAML scalars."""
     overrides = list(overrides)
     if len(overrides) % 2:
         raise ConfigError(f"overrides come in KEY VALUE pairs, got an odd list: {overrides}")
+    pairs = []
     for key, raw in zip(overrides[::2], overrides[1::2]):
         value = raw
         if isinstance(raw, str):
@@ -289,7 +290,14 @@ def apply_overrides(cfg: dict, overrides: list, schema: Schema = CLASSIFICATION)
                 value = yaml.safe_load(raw)
             except yaml.YAMLError:
                 value = raw
-        schema.set(cfg, str(key), value)
+        pairs.append((str(key), value))
+    return pairs
+
+
+def apply_overrides(cfg: dict, overrides: list, schema: Schema = CLASSIFICATION) -> dict:
+    """Apply ``["section.key", "value", ...]`` pairs; string values are parsed as YAML scalars."""
+    for key, value in parse_pairs(overrides):
+        schema.set(cfg, key, value)
     return cfg
 
 

@@ -87,7 +87,7 @@ def test_export_refuses_to_overwrite_and_bad_options(tmp_path):
 
 def test_export_tool_checks_and_exits_2_on_bad_input(tmp_path):
     out = tmp_path / "cifar.onnx"
-    cmd = [sys.executable, "tools/export_onnx.py", "--model", "nasnet_a_cifar", "--opts", "N=1", "F=96",
+    cmd = [sys.executable, "tools/export_onnx.py", "--model", "nasnet_a_cifar", "--opts", "N", "1", "F", "96",
            "--output", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

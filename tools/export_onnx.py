@@ -4,7 +4,7 @@
     python tools/export_onnx.py --model nasnet_a_mobile --weights weights/nasnet_a_mobile.pth \
         --output nasnet_a_mobile.onnx
     python tools/export_onnx.py --model nasnet_a_large --exporter dynamo --output large.onnx
-    python tools/export_onnx.py --model nasnet_a_cifar --opts N=2 F=480 --output cifar.onnx
+    python tools/export_onnx.py --model nasnet_a_cifar --opts N 2 F 480 --output cifar.onnx
     python tools/export_onnx.py --config-file configs/COCO-Detection/faster_rcnn_nasnet_a_mobile_600.yaml \
         --output det.onnx --opts MODEL.WEIGHTS output/model_final.pth
 
@@ -28,24 +28,8 @@ import torch
 
 import nasnet_core as nc
 from nasnet_core.cli import tool_main
+from nasnet_core.config import parse_pairs
 from nasnet_core.export import DEFAULT_OPSET, EXPORTERS, MIN_OPSET, check_onnx, export_onnx
-
-
-def parse_opts(pairs: list[str]) -> dict:
-    """``key=value`` overrides; values parsed as int, float or kept as text."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--opts takes key=value pairs, got {pair!r}")
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        out[key] = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
-    return out
 
 
 def detector_image(path: str | None, size: int, square: bool = False) -> torch.Tensor:
@@ -120,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--box-atol", type=float, default=1e-2, help="detector: max box difference, px")
     ap.add_argument("--weights", help="nasnet_core checkpoint to load (default: random init)")
     ap.add_argument("--opts", nargs="*", default=[],
-                    help="classifier overrides key=value (N=2 F=480); detector: KEY VALUE config pairs")
+                    help="KEY VALUE pairs: classifier overrides (N 2 F 480) or detector config keys")
     ap.add_argument("--image-size", type=int, help="input size (default: the model's)")
     ap.add_argument("--exporter", choices=EXPORTERS, default="torchscript",
                     help="torch.onnx exporter: torchscript (dynamo=False) or dynamo")
@@ -136,7 +120,7 @@ def main(argv=None) -> int:
     if args.config_file:
         export_detector(args)
         return 0
-    model = nc.create_model(args.model, **{"aux_head": False, **parse_opts(args.opts)}).eval()
+    model = nc.create_model(args.model, **{"aux_head": False, **dict(parse_pairs(args.opts))}).eval()
     if args.weights:
         nc.load_checkpoint(model, args.weights)
     size = args.image_size or model.image_size
