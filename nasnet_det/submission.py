@@ -16,6 +16,8 @@ from pathlib import Path
 
 from detectron2.data import MetadataCatalog
 
+from nasnet_core.fileio import atomic_write
+
 from .engine import eval_output_dir
 
 __all__ = ["alg_name", "testset_image_ids", "write_submission", "write_submissions"]
@@ -59,11 +61,12 @@ def write_submission(results_json: str | Path, image_ids: set[int], testset: str
     out = Path(out_dir) / f"{name}.zip"
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; remove it or pass --overwrite")
-    tmp = out.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        z.write(results_json, arcname=f"{name}.json")
-    os.replace(tmp, out)
-    return out
+
+    def write_zip(f) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(results_json, arcname=f"{name}.json")
+
+    return atomic_write(out, write_zip)
 
 
 def write_submissions(cfg, config_file: str | None = None, overwrite: bool = False) -> list[Path]:
