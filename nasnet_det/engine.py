@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import detectron2.data.transforms as T
@@ -15,8 +16,10 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup, hooks
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
 
 from . import shapes
 from .backbone import NASNetBackbone
@@ -103,10 +106,29 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with NASNet checkpoint loading, per-dataset evaluators and fixed-size inputs."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
+        if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
+            self._init_cpu_ddp(cfg)
+        else:
+            super().__init__(cfg)
         # Reads nasnet_core ImageNet checkpoints in MODEL.WEIGHTS (and everything detectron2 reads).
         self.checkpointer = NASNetCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR,
                                                **self.checkpointer.checkpointables)
+
+    def _init_cpu_ddp(self, cfg) -> None:
+        """DefaultTrainer.__init__ with the model in DDP *without* device_ids: detectron2 passes the
+        local rank, which DDP rejects for a CPU module; gloo processes on CPU need none."""
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = DistributedDataParallel(model, broadcast_buffers=False)
+        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = NASNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

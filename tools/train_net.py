@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import sys
 
+from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import nasnet_det
 from nasnet_core.cli import tool_main
-from nasnet_det.engine import Trainer, setup_cfg, visualize_after_eval
+from nasnet_det import shapes
+from nasnet_det.engine import Trainer, setup_cfg, setup_cfg_plain, visualize_after_eval
 from nasnet_det.submission import write_submissions
 
 # yacs reports a bad key with AssertionError / KeyError; an existing submission is FileExistsError.
@@ -57,11 +59,23 @@ def parser():
     return p
 
 
+def prepare_datasets(args) -> None:
+    """Generate missing shapes datasets once, before ``launch`` starts the processes (each rank
+    would otherwise write the same folders at the same time)."""
+    cfg = setup_cfg_plain(args.config_file, args.opts)
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        root = MetadataCatalog.get(name).get("shapes_root")
+        if root is not None:
+            shapes.ensure_shapes(root)
+
+
 @tool_main
 def run(argv=None) -> int:
     """Parse ``argv`` and launch; the project's own errors end in one line and exit code 2."""
     args = parser().parse_args(argv)
     try:
+        if args.num_gpus * args.num_machines > 1:
+            prepare_datasets(args)
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
     except CONFIG_ERRORS as e:
