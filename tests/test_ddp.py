@@ -203,3 +203,14 @@ def test_killed_and_resumed_two_process_run_ends_as_uninterrupted(tmp_path, cifa
     assert all(torch.equal(x["torch"], y["torch"]) for x, y in zip(a["rng"], b["rng"]))
     assert [h["val_top1"] for h in a["history"]] == [h["val_top1"] for h in b["history"]]
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_syncbn_on_cpu_fails_before_anything_is_written(tmp_path, cifar):
+    cfg = _config(tmp_path, "sync", cifar, **{"model.norm": "SyncBN", "solver.batch_size": 5})
+    r = subprocess.run(_command(2, ["--config", str(cfg)]), cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors and all("model.norm SyncBN needs CUDA under DDP" in ln for ln in errors)
+    assert "Traceback" not in r.stderr.split("error: ")[0]  # the ranks print one line each, no traceback
+    assert not (tmp_path / "sync").exists()

@@ -77,6 +77,9 @@ class Trainer:
         self.cfg = cfg
         t, s = cfg["train"], cfg["solver"]
         self._setup_distributed(t["device"])
+        if cfg["model"]["norm"] == "SyncBN" and self.world > 1 and self.device.type == "cpu":
+            raise ValueError("model.norm SyncBN needs CUDA under DDP (torch's SyncBatchNorm has no CPU "
+                             "kernel); on CPU use GN (per-image statistics) or BN (per-process statistics)")
         self.log = log or (lambda msg: tqdm.write(msg) if self.rank == 0 else None)
         if t["threads"]:
             torch.set_num_threads(t["threads"])
