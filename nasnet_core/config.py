@@ -256,18 +256,24 @@ SEARCH_KEYS = [
     ("reward.child.train_subset", 0, int, "use only this many training images (0 = all)"),
     ("reward.child.val_subset", 0, int, "use only this many held-out images (0 = all)"),
     ("reward.child.N", 2, int, "normal cells per stage (paper's child: 2)"),
-    ("reward.child.num_conv_filters", 8, int, "filters of the first stage (F = 24 x this for NASNet-A)"),
-    ("reward.child.stem_multiplier", 3.0, float, "CIFAR stem width = num_conv_filters x this"),
+    ("reward.child.num_conv_filters", 8, int, "filters of the first stage, F = 24 x this for NASNet-A "
+                                              "(our choice; the paper does not state the child's width)"),
+    ("reward.child.stem_multiplier", 3.0, float, "CIFAR stem width = num_conv_filters x this "
+                                                 "(TF-slim cifar_config: 3)"),
     ("reward.child.epochs", 20, int, "training epochs (paper's child: 20)"),
-    ("reward.child.batch_size", 32, int, "SGD batch size"),
-    ("reward.child.lr", 0.025, float, "peak LR of the single-period cosine schedule"),
+    ("reward.child.batch_size", 32, int, "SGD batch size (TF-slim's CIFAR recipe: 32; none stated for "
+                                         "the child)"),
+    ("reward.child.lr", 0.025, float, "peak LR of the single-period cosine schedule (cosine: paper; "
+                                      "0.025: TF-slim's CIFAR recipe, none stated for the child)"),
     ("reward.child.momentum", 0.9, float, "SGD momentum (paper: 0.9)"),
-    ("reward.child.weight_decay", 5e-4, float, "L2 weight decay"),
-    ("reward.child.grad_clip", 5.0, float, "gradient-norm clip (0 = off)"),
+    ("reward.child.weight_decay", 5e-4, float, "L2 weight decay (paper: L2, no value; 5e-4: TF-slim "
+                                               "nasnet_cifar_arg_scope)"),
+    ("reward.child.grad_clip", 5.0, float, "global gradient-norm clip, 0 = off (TF-slim's CIFAR recipe: 5; "
+                                           "none stated for the child)"),
     ("reward.child.crop_pad", 4, int, "random crops of the input size from images zero-padded by this "
                               "(paper: 32x32 from 40x40)"),
     ("reward.child.flip", True, bool, "random horizontal flips (paper: yes)"),
-    ("reward.child.seed", 0, int, "seed of weight init and batch order (the same for every child)"),
+    ("reward.child.seed", 0, int, "seed of weight init and batch order (the same for every child; ours)"),
     ("reward.child.device", "auto", str, "auto (cuda when visible) | cpu | cuda"),
     ("reward.child.num_threads", 0, int, "torch CPU threads per child (0 = torch's default)"),
     ("reward.child.eval_batch_size", 500, int, "batch size for held-out accuracy"),

@@ -25,7 +25,7 @@ from nasnet_core.train.transforms import (
 CONFIGS = ROOT / "configs" / "classification"
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
-# TF-slim nasnet.py: the notes above cifar_config / large_imagenet_config / mobile_imagenet_config,
+# TF-slim's NASNet recipes: the notes above cifar_config / large_imagenet_config / mobile_imagenet_config,
 # the configs' drop_path_keep_prob and total_training_steps, and the nasnet_*_arg_scope weight decays.
 TF = {
     "large": dict(lr_per_image=0.015 * 100 / (16 * 100), clip=10.0, aux=0.4, smoothing=0.1, keep=0.7,
@@ -240,3 +240,26 @@ def test_cutout_rows_cut_a_16px_square(tmp_path):
     assert max(sides) == 16 and min(sides) >= 8
     assert not any((val[i][0] == 0).all(0).any() for i in range(len(val)))  # evaluation is untouched
     assert math.isclose(cfg["solver"]["lr"], 0.025)
+
+
+# ------------------------------------------------------------------ search child
+def test_every_child_hparam_names_its_source():
+    import inspect
+    import re
+
+    from nasnet_core.search.child import HPARAM_SOURCES, train_child
+
+    kwargs = set(inspect.signature(train_child).parameters) - {"genotype", "data"}
+    assert kwargs == set(HPARAM_SOURCES), "a new train_child hyper-parameter needs its source"
+    defaults = {k: p.default for k, p in inspect.signature(train_child).parameters.items() if k in kwargs}
+    # Only what appendix A says of the child is labelled "paper".
+    paper = {k for k, v in HPARAM_SOURCES.items() if v.startswith("paper:")}
+    assert paper == {"N", "epochs", "momentum", "crop_pad", "flip"}
+    assert (defaults["N"], defaults["epochs"], defaults["momentum"], defaults["crop_pad"]) == (2, 20, 0.9, 4)
+    assert all(v.split(":")[0] in ("paper", "TF-slim", "ours") for v in HPARAM_SOURCES.values())
+    # The paper-search config labels each child hyper-parameter with the same source.
+    text = (ROOT / "configs" / "search" / "cifar10_paper.yaml").read_text()
+    labels = dict(re.findall(r"^ {4}(\w+): \S+\s+# (paper|TF-slim|ours)\b", text, re.M))
+    for key in set(labels) & kwargs:
+        assert HPARAM_SOURCES[key].startswith(labels[key] + ":"), key
+    assert {"N", "epochs", "lr", "batch_size", "weight_decay", "grad_clip", "num_conv_filters"} <= set(labels)
