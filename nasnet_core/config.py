@@ -177,7 +177,7 @@ CLASSIFICATION_KEYS = [
                                             "fraction of the image (TF-slim 0.1)"),
     ("data.min_scale", 0.08, float, "imagenet train, torchvision crop: smallest area fraction"),
     ("data.color_distort", "fast", str, "imagenet train: fast (TF-slim: brightness +-32/255, then "
-                                        "saturation x [0.5, 1.5]) | off"),
+                                        "saturation x [0.5, 1.5]) | none"),
     ("data.pad", 4, int, "cifar10 / fashion_mnist train: zero-pad then random crop back (0 = off)"),
     ("data.hflip", True, bool, "random horizontal flips for training"),
     ("data.cutout", 0, int, "cutout square side in px (0 = off; 16 usual on CIFAR-10, the paper gives none)"),

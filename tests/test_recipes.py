@@ -153,8 +153,8 @@ def test_colour_distortion_changes_pixels_within_tf_ranges():
     assert sat.min() == pytest.approx(0.5 * 0.4 / (0.6 + BRIGHTNESS_DELTA), abs=0.005)
     assert sat.max() == pytest.approx(1.0, abs=1e-6)
     assert (outs >= 0).all() and (outs <= 1).all()
-    assert np.array_equal(distort_color(colour, rng, "off"), colour)
-    with pytest.raises(ValueError, match="unknown colour distortion 'strong'; known: fast, off"):
+    assert np.array_equal(distort_color(colour, rng, "none"), colour)
+    with pytest.raises(ValueError, match="unknown colour distortion 'strong'; known: fast, none"):
         distort_color(colour, rng, "strong")
 
 
@@ -176,7 +176,7 @@ def test_folder_dataset_applies_tf_transforms(tmp_path):
     cfg = tiny_cfg(tmp_path, "imagenet", root)["data"]
     assert (cfg["train_crop"], cfg["eval_crop"], cfg["color_distort"]) == ("tf", "tf", "fast")  # defaults
     train, val, _ = build_dataset(cfg)
-    plain, _, _ = build_dataset(dict(cfg, color_distort="off"))
+    plain, _, _ = build_dataset(dict(cfg, color_distort="none"))
     for epoch in range(5):  # same crop and flip, so only the colour distortion differs
         train.epoch = plain.epoch = epoch
         a, b = train[0][0], plain[0][0]
@@ -192,10 +192,19 @@ def test_folder_dataset_applies_tf_transforms(tmp_path):
     assert tv[0][0].shape == (3, 32, 32) and not torch.allclose(tv[0][0], train[0][0])
 
 
+def test_every_transform_choice_loads_from_the_command_line():
+    from nasnet_core.train.transforms import COLOR_DISTORTIONS, EVAL_CROPS, TRAIN_CROPS
+
+    choices = {"train_crop": TRAIN_CROPS, "eval_crop": EVAL_CROPS, "color_distort": COLOR_DISTORTIONS}
+    for key, values in choices.items():
+        for v in values:  # a value YAML 1.1 reads as a boolean (off, no, ...) would fail here
+            assert load_config(None, [f"data.{key}", v])["data"][key] == v
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("train_crop", "inception", "data.train_crop must be one of tf, torchvision"),
     ("eval_crop", "resize", "data.eval_crop must be one of tf, torchvision"),
-    ("color_distort", "full", "data.color_distort must be one of fast, off"),
+    ("color_distort", "full", "data.color_distort must be one of fast, none"),
     ("area_range", [0.5, 0.1], r"data.area_range must be \[low, high\]"),
     ("aspect_range", [0.75], r"data.aspect_range must be \[low, high\]"),
     ("crop_pct", 1.5, r"data.crop_pct must be in \(0, 1\]"),

@@ -23,7 +23,7 @@ __all__ = ["TRAIN_CROPS", "EVAL_CROPS", "COLOR_DISTORTIONS", "tf_distorted_box",
 
 TRAIN_CROPS = ("tf", "torchvision")
 EVAL_CROPS = ("tf", "torchvision")
-COLOR_DISTORTIONS = ("fast", "off")
+COLOR_DISTORTIONS = ("fast", "none")
 
 BRIGHTNESS_DELTA = 32 / 255  # TF-slim distort_color, fast mode
 SATURATION_RANGE = (0.5, 1.5)
@@ -119,8 +119,8 @@ def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
 
 def distort_color(img: np.ndarray, rng: np.random.Generator, mode: str = "fast") -> np.ndarray:
     """TF-slim's fast-mode colour distortion of an (H, W, 3) float image in [0, 1]: brightness
-    + U(-32/255, 32/255), then saturation x U(0.5, 1.5), clipped to [0, 1]; ``off``: unchanged."""
-    if mode == "off":
+    + U(-32/255, 32/255), then saturation x U(0.5, 1.5), clipped to [0, 1]; ``none``: unchanged."""
+    if mode == "none":
         return img
     if mode != "fast":
         raise ValueError(f"unknown colour distortion {mode!r}; known: {', '.join(COLOR_DISTORTIONS)}")
