@@ -162,22 +162,16 @@ CLASSIFICATION_KEYS = [
                            "Fashion-MNIST IDX files); --data overrides it"),
     ("data.image_size", None, int, "training and eval crop size (null: the dataset's native size, "
                                    "or the arch's image_size for imagenet)"),
-    ("data.crop_pct", 0.875, float, "imagenet eval: fraction of the image kept (TF-slim central_fraction "
-                                    "0.875), see data.eval_crop"),
-    ("data.eval_crop", "tf", str, "imagenet eval: tf (central crop_pct of each side, resized to "
-                                  "image_size; TF-slim) | torchvision (shorter side to image_size / "
-                                  "crop_pct, centre crop)"),
-    ("data.train_crop", "tf", str, "imagenet train: tf (TF-slim distorted bounding-box crop: area_range, "
-                                   "aspect_range, min_object_covered) | torchvision (random-resized crop, "
-                                   "min_scale)"),
+    ("data.crop_pct", 0.875, float, "imagenet eval: fraction of each side kept (TF-slim 0.875)"),
+    ("data.eval_crop", "tf", str, "imagenet eval: tf (TF-slim: central crop_pct, resized to image_size) | "
+                                  "torchvision (shorter side to image_size / crop_pct, centre crop)"),
+    ("data.train_crop", "tf", str, "imagenet train: tf (TF-slim distorted bounding-box crop) | "
+                                   "torchvision (random-resized crop, min_scale)"),
     ("data.area_range", [0.05, 1.0], list, "imagenet train, tf crop: area fraction range (TF-slim 0.05-1.0)"),
-    ("data.aspect_range", [0.75, 1.33], list, "imagenet train, tf crop: width / height range, drawn "
-                                              "uniformly (TF-slim 0.75-1.33)"),
-    ("data.min_object_covered", 0.1, float, "imagenet train, tf crop: the crop covers at least this "
-                                            "fraction of the image (TF-slim 0.1)"),
+    ("data.aspect_range", [0.75, 1.33], list, "imagenet train, tf crop: width / height, uniform (TF-slim)"),
+    ("data.min_object_covered", 0.1, float, "imagenet train, tf crop: least fraction of the image (TF-slim)"),
     ("data.min_scale", 0.08, float, "imagenet train, torchvision crop: smallest area fraction"),
-    ("data.color_distort", "fast", str, "imagenet train: fast (TF-slim: brightness +-32/255, then "
-                                        "saturation x [0.5, 1.5]) | none"),
+    ("data.color_distort", "fast", str, "imagenet train: fast (TF-slim brightness, saturation) | none"),
     ("data.pad", 4, int, "cifar10 / fashion_mnist train: zero-pad then random crop back (0 = off)"),
     ("data.hflip", True, bool, "random horizontal flips for training"),
     ("data.cutout", 0, int, "cutout square side in px (0 = off; 16 usual on CIFAR-10, the paper gives none)"),
@@ -207,8 +201,7 @@ CLASSIFICATION_KEYS = [
     ("solver.min_lr", 0.0, float, "cosine schedule: final learning rate"),
     ("solver.label_smoothing", 0.0, float, "target = (1 - e) one_hot + e / K"),
     ("solver.aux_weight", 0.4, float, "loss weight of the auxiliary head"),
-    ("solver.grad_clip", 5.0, float, "clip the global norm of all gradients, aux head's included, to "
-                                  "this (0 = off)"),
+    ("solver.grad_clip", 5.0, float, "clip the global norm of all gradients, aux head's too (0 = off)"),
     ("solver.ema_decay", 0.0, float, "parameter EMA decay (0 = off); when on, evaluation and the "
                                    "exported backbone use the EMA weights"),
     ("train.output_dir", "runs/classification", str, "checkpoints, TensorBoard events, resolved config"),
