@@ -162,9 +162,16 @@ CLASSIFICATION_KEYS = [
                            "Fashion-MNIST IDX files); --data overrides it"),
     ("data.image_size", None, int, "training and eval crop size (null: the dataset's native size, "
                                    "or the arch's image_size for imagenet)"),
-    ("data.crop_pct", 0.875, float, "imagenet eval: resize the shorter side to image_size / crop_pct, "
-                                    "then centre-crop"),
-    ("data.min_scale", 0.08, float, "imagenet train: smallest area fraction of the random-resized crop"),
+    ("data.crop_pct", 0.875, float, "imagenet eval: fraction of each side kept (TF-slim 0.875)"),
+    ("data.eval_crop", "tf", str, "imagenet eval: tf (TF-slim: central crop_pct, resized to image_size) | "
+                                  "torchvision (shorter side to image_size / crop_pct, centre crop)"),
+    ("data.train_crop", "tf", str, "imagenet train: tf (TF-slim distorted bounding-box crop) | "
+                                   "torchvision (random-resized crop, min_scale)"),
+    ("data.area_range", [0.05, 1.0], list, "imagenet train, tf crop: area fraction range (TF-slim 0.05-1.0)"),
+    ("data.aspect_range", [0.75, 1.33], list, "imagenet train, tf crop: width / height, uniform (TF-slim)"),
+    ("data.min_object_covered", 0.1, float, "imagenet train, tf crop: least fraction of the image (TF-slim)"),
+    ("data.min_scale", 0.08, float, "imagenet train, torchvision crop: smallest area fraction"),
+    ("data.color_distort", "fast", str, "imagenet train: fast (TF-slim brightness, saturation) | none"),
     ("data.pad", 4, int, "cifar10 / fashion_mnist train: zero-pad then random crop back (0 = off)"),
     ("data.hflip", True, bool, "random horizontal flips for training"),
     ("data.cutout", 0, int, "cutout square side in px (0 = off; 16 usual on CIFAR-10, the paper gives none)"),
@@ -177,7 +184,9 @@ CLASSIFICATION_KEYS = [
     ("solver.epochs", 600, int, "training epochs"),
     ("solver.batch_size", 32, int, "images per step per process (global batch = this x world size)"),
     ("solver.optimizer", "sgd", str, "sgd (momentum) | rmsprop (TF semantics)"),
-    ("solver.lr", 0.025, float, "peak learning rate"),
+    ("solver.lr", 0.025, float, "peak learning rate (at the global batch solver.global_batch)"),
+    ("solver.global_batch", 0, int, "global batch (batch_size x processes) solver.lr is stated for: a run "
+                                    "with another global batch scales lr linearly (0 = never scale)"),
     ("solver.momentum", 0.9, float, "SGD / RMSProp momentum"),
     ("solver.nesterov", False, bool, "Nesterov momentum for SGD"),
     ("solver.rmsprop_decay", 0.9, float, "RMSProp decay of the squared-gradient average"),
@@ -192,7 +201,7 @@ CLASSIFICATION_KEYS = [
     ("solver.min_lr", 0.0, float, "cosine schedule: final learning rate"),
     ("solver.label_smoothing", 0.0, float, "target = (1 - e) one_hot + e / K"),
     ("solver.aux_weight", 0.4, float, "loss weight of the auxiliary head"),
-    ("solver.grad_clip", 5.0, float, "clip the global gradient norm to this (0 = off)"),
+    ("solver.grad_clip", 5.0, float, "clip the global norm of all gradients, aux head's too (0 = off)"),
     ("solver.ema_decay", 0.0, float, "parameter EMA decay (0 = off); when on, evaluation and the "
                                    "exported backbone use the EMA weights"),
     ("train.output_dir", "runs/classification", str, "checkpoints, TensorBoard events, resolved config"),
@@ -240,18 +249,24 @@ SEARCH_KEYS = [
     ("reward.child.train_subset", 0, int, "use only this many training images (0 = all)"),
     ("reward.child.val_subset", 0, int, "use only this many held-out images (0 = all)"),
     ("reward.child.N", 2, int, "normal cells per stage (paper's child: 2)"),
-    ("reward.child.num_conv_filters", 8, int, "filters of the first stage (F = 24 x this for NASNet-A)"),
-    ("reward.child.stem_multiplier", 3.0, float, "CIFAR stem width = num_conv_filters x this"),
+    ("reward.child.num_conv_filters", 8, int, "filters of the first stage, F = 24 x this for NASNet-A "
+                                              "(our choice; the paper does not state the child's width)"),
+    ("reward.child.stem_multiplier", 3.0, float, "CIFAR stem width = num_conv_filters x this "
+                                                 "(TF-slim cifar_config: 3)"),
     ("reward.child.epochs", 20, int, "training epochs (paper's child: 20)"),
-    ("reward.child.batch_size", 32, int, "SGD batch size"),
-    ("reward.child.lr", 0.025, float, "peak LR of the single-period cosine schedule"),
+    ("reward.child.batch_size", 32, int, "SGD batch size (TF-slim's CIFAR recipe: 32; none stated for "
+                                         "the child)"),
+    ("reward.child.lr", 0.025, float, "peak LR of the single-period cosine schedule (cosine: paper; "
+                                      "0.025: TF-slim's CIFAR recipe, none stated for the child)"),
     ("reward.child.momentum", 0.9, float, "SGD momentum (paper: 0.9)"),
-    ("reward.child.weight_decay", 5e-4, float, "L2 weight decay"),
-    ("reward.child.grad_clip", 5.0, float, "gradient-norm clip (0 = off)"),
+    ("reward.child.weight_decay", 5e-4, float, "L2 weight decay (paper: L2, no value; 5e-4: TF-slim "
+                                               "nasnet_cifar_arg_scope)"),
+    ("reward.child.grad_clip", 5.0, float, "global gradient-norm clip, 0 = off (TF-slim's CIFAR recipe: 5; "
+                                           "none stated for the child)"),
     ("reward.child.crop_pad", 4, int, "random crops of the input size from images zero-padded by this "
                               "(paper: 32x32 from 40x40)"),
     ("reward.child.flip", True, bool, "random horizontal flips (paper: yes)"),
-    ("reward.child.seed", 0, int, "seed of weight init and batch order (the same for every child)"),
+    ("reward.child.seed", 0, int, "seed of weight init and batch order (the same for every child; ours)"),
     ("reward.child.device", "auto", str, "auto (cuda when visible) | cpu | cuda"),
     ("reward.child.num_threads", 0, int, "torch CPU threads per child (0 = torch's default)"),
     ("reward.child.eval_batch_size", 500, int, "batch size for held-out accuracy"),

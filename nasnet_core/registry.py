@@ -1,4 +1,4 @@
-"""Named model configurations and ``create_model`` (TF-slim ``nasnet.py`` configs, paper Table 2/3)."""
+"""Named model configurations and ``create_model`` (TF-slim's NASNet configs, paper Table 2/3)."""
 
 from __future__ import annotations
 

@@ -192,7 +192,7 @@ def test_config_unknown_key_and_round_trip(tmp_path):
 
 def test_shipped_configs_resolve():
     files = sorted((ROOT / "configs" / "classification").glob("*.yaml"))
-    assert len(files) == 7
+    assert len(files) == 9
     for f in files:
         cfg = load_config(f)
         m = cfg["model"]

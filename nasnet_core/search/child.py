@@ -1,11 +1,13 @@
 """Child networks of the search: held-out split, training and reward.
 
-Paper appendix A: a child is NASNet with N = 2 and the CIFAR stem, trained for 20 epochs with
-a single-period cosine LR, momentum 0.9 and L2 weight decay, on whitened images with random
-32x32 crops of 40x40 zero-padded images and horizontal flips; its reward is the accuracy on
-5k held-out training images. A child is trained with the classifier trainer's parts: the
-dataset readers (nasnet_core.datasets), augmentation and sampling (train.data), optimizer
-and schedule (train.optim) and device choice (train.trainer).
+Paper appendix A: the child's data is CIFAR-10 with 5,000 of the 50,000 training images held out
+for the reward, whitened, with random 32x32 crops of the 40x40 zero-padded image and horizontal
+flips; a child has N = 2 and is trained for 20 epochs with a single-period cosine learning rate,
+momentum 0.9 and L2 weight decay; its reward is its accuracy on the held-out images. Where each
+training hyper-parameter comes from -- the paper, TF-slim's CIFAR recipe, or our choice -- is
+``HPARAM_SOURCES``. A child is trained with the classifier trainer's parts: the dataset readers
+(nasnet_core.datasets), augmentation and sampling (train.data), optimizer and schedule
+(train.optim) and device choice (train.trainer).
 """
 
 from __future__ import annotations
@@ -25,10 +27,34 @@ from ..train.data import ArrayDataset, build_loader
 from ..train.optim import LRSchedule, build_optimizer
 from ..train.trainer import accuracy_counts, resolve_device
 
-__all__ = ["CHILD_IMAGE_SIZE", "ChildData", "split_train_val", "prepare_child_data", "load_child_data",
-           "ChildTrainer", "train_child", "cost_aware_reward"]
+__all__ = ["CHILD_IMAGE_SIZE", "HPARAM_SOURCES", "ChildData", "split_train_val", "prepare_child_data",
+           "load_child_data", "ChildTrainer", "train_child", "cost_aware_reward"]
 
 CHILD_IMAGE_SIZE = 32  # smaller images (Fashion-MNIST's 28x28) are zero-padded to this
+
+# Source of each train_child hyper-parameter's default. "paper" = the paper's appendix A on the
+# search's child; "TF-slim" = TF-slim's NASNet CIFAR recipe (the final CIFAR-10 training, which
+# the paper does not restate for the child); "ours" = not stated for the child anywhere.
+HPARAM_SOURCES = {
+    "N": "paper: N = 2 for the child",
+    "num_conv_filters": "ours: 8 (F = 192); the paper does not state the child's width",
+    "stem_multiplier": "TF-slim: cifar_config stem_multiplier 3",
+    "epochs": "paper: 20 epochs",
+    "batch_size": "TF-slim: the CIFAR recipe's batch 32 (the paper states none for the child)",
+    "lr": "TF-slim: the CIFAR recipe's lr 0.025, single-period cosine (paper: cosine for the child)",
+    "momentum": "paper: momentum 0.9",
+    "weight_decay": "TF-slim: nasnet_cifar_arg_scope 5e-4 (paper: L2 for the child, no value)",
+    "grad_clip": "TF-slim: the CIFAR recipe's clip at global norm 5 (the paper states none for the child)",
+    "crop_pad": "paper: random 32x32 crops of the 40x40 zero-padded image",
+    "flip": "paper: random horizontal flips",
+    "seed": "ours: one weight-init and batch-order seed for every child",
+    "device": "ours: execution only",
+    "num_threads": "ours: execution only",
+    "eval_batch_size": "ours: execution only (does not change the accuracy)",
+    "workers": "ours: execution only",
+}
+# Also ours: no auxiliary head and no drop-path for the child (the paper does not describe either
+# for the search's children), and whitening as per-channel mean / std of the training part.
 
 
 @dataclass

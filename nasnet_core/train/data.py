@@ -17,6 +17,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..datasets import DATASETS, DataError, check_root, load_arrays
+from .transforms import (
+    COLOR_DISTORTIONS,
+    EVAL_CROPS,
+    TRAIN_CROPS,
+    distort_color,
+    random_resized_box,
+    tf_central_box,
+    tf_distorted_box,
+)
 
 __all__ = ["DataError", "DatasetInfo", "ArrayDataset", "build_dataset", "build_loader", "EpochSampler",
            "IMAGE_EXTENSIONS", "random_resized_box", "dataset_names"]
@@ -80,13 +89,20 @@ def _cutout(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tenso
 
 
 class FolderDataset(Dataset):
-    """ImageNet-style ``split/<class>/<image>``: Inception random-resized crop + flip for
-    training, resize to size / crop_pct + centre crop for evaluation."""
+    """ImageNet-style ``split/<class>/<image>``. Training: TF-slim's distorted bounding-box crop
+    (``data.train_crop tf``) or a torchvision random-resized crop, resized to the square input,
+    flip, TF-slim colour distortion (``data.color_distort``). Evaluation: TF's central crop of
+    ``crop_pct`` of each side resized to the input (``data.eval_crop tf``), or the shorter side
+    resized to size / crop_pct and a centre crop (torchvision)."""
 
     def __init__(self, samples: list[tuple[Path, int]], train: bool, cfg: dict, size: int,
                  mean, std, seed: int):
         self.samples, self.train, self.size, self.seed, self.epoch = samples, train, size, seed, 0
         self.crop_pct, self.min_scale, self.hflip = cfg["crop_pct"], cfg["min_scale"], cfg["hflip"]
+        self.train_crop, self.eval_crop = cfg["train_crop"], cfg["eval_crop"]
+        self.color = cfg["color_distort"]
+        self.area_range, self.aspect_range = tuple(cfg["area_range"]), tuple(cfg["aspect_range"])
+        self.min_covered = cfg["min_object_covered"]
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
@@ -99,44 +115,60 @@ class FolderDataset(Dataset):
         path, label = self.samples[i]
         with Image.open(path) as im:
             im = im.convert("RGB")
+        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.train else None
+        im = self.train_image(im, rng) if self.train else self.eval_image(im)
+        x = np.asarray(im, dtype=np.float32) / 255
         if self.train:
-            rng = np.random.default_rng((self.seed, self.epoch, i))
-            box = random_resized_box(im.width, im.height, rng, self.min_scale)
-            im = im.resize((self.size, self.size), Image.BILINEAR, box=box)
-            if self.hflip and rng.random() < 0.5:
-                im = im.transpose(Image.FLIP_LEFT_RIGHT)
-        else:
-            short = int(math.floor(self.size / self.crop_pct + 0.5))
-            scale = short / min(im.width, im.height)
-            w, h = max(short, round(im.width * scale)), max(short, round(im.height * scale))
-            im = im.resize((w, h), Image.BILINEAR)
-            left, top = (w - self.size) // 2, (h - self.size) // 2
-            im = im.crop((left, top, left + self.size, top + self.size))
-        x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+            x = distort_color(x, rng, self.color)
+        x = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
         return (x - self.mean) / self.std, label
 
+    def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """The training crop (x0, y0, x1, y1) of a ``width`` x ``height`` image."""
+        if self.train_crop == "tf":
+            return tf_distorted_box(width, height, rng, self.area_range, self.aspect_range, self.min_covered)
+        return random_resized_box(width, height, rng, self.min_scale)
 
-def random_resized_box(width: int, height: int, rng: np.random.Generator, min_scale: float,
-                       ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """Inception-style crop box: area in [min_scale, 1] of the image, aspect ratio log-uniform
-    in ``ratio``; 10 tries, then the largest centred box of an allowed aspect ratio."""
-    area = width * height
-    for _ in range(10):
-        target = area * rng.uniform(min_scale, 1.0)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            return x, y, x + w, y + h
-    aspect = width / height
-    if aspect < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif aspect > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
-    else:
-        w, h = width, height
-    x, y = (width - w) // 2, (height - h) // 2
-    return x, y, x + w, y + h
+    def train_image(self, im, rng: np.random.Generator):
+        """Cropped, resized and maybe flipped training image (PIL)."""
+        from PIL import Image
+
+        im = im.resize((self.size, self.size), Image.BILINEAR, box=self.crop_box(im.width, im.height, rng))
+        if self.hflip and rng.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        return im
+
+    def eval_image(self, im):
+        """The evaluation view of ``im`` (PIL): TF central crop + resize, or resize + centre crop."""
+        from PIL import Image
+
+        if self.eval_crop == "tf":
+            box = tf_central_box(im.width, im.height, self.crop_pct)
+            return im.resize((self.size, self.size), Image.BILINEAR, box=box)
+        short = int(math.floor(self.size / self.crop_pct + 0.5))
+        scale = short / min(im.width, im.height)
+        w, h = max(short, round(im.width * scale)), max(short, round(im.height * scale))
+        im = im.resize((w, h), Image.BILINEAR)
+        left, top = (w - self.size) // 2, (h - self.size) // 2
+        return im.crop((left, top, left + self.size, top + self.size))
+
+
+def _check_transforms(cfg: dict) -> None:
+    """One DataError for a malformed ImageNet transform setting."""
+    for key, known in (("train_crop", TRAIN_CROPS), ("eval_crop", EVAL_CROPS),
+                       ("color_distort", COLOR_DISTORTIONS)):
+        if cfg[key] not in known:
+            raise DataError(f"data.{key} must be one of {', '.join(known)}, got {cfg[key]!r}")
+    for key, hi in (("area_range", 1.0), ("aspect_range", math.inf)):
+        r = cfg[key]
+        ok = len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r)
+        if not ok or not 0 < r[0] <= r[1] <= hi:
+            bound = " <= 1" if hi == 1.0 else ""
+            raise DataError(f"data.{key} must be [low, high] with 0 < low <= high{bound}, got {r!r}")
+    for key, lo_open in (("crop_pct", True), ("min_scale", True), ("min_object_covered", False)):
+        v = cfg[key]
+        if not (0 < v <= 1 if lo_open else 0 <= v <= 1):
+            raise DataError(f"data.{key} must be in {'(0' if lo_open else '[0'}, 1], got {v}")
 
 
 # ------------------------------------------------------------------------ builders
@@ -202,6 +234,7 @@ def _verify_image(path: Path) -> None:
 
 
 def _build_imagenet(cfg: dict, seed: int, arch_size: int):
+    _check_transforms(cfg)
     root = check_root(cfg["path"], "imagenet")
     train_s, classes = _scan_split(root, "train", None)
     val_s, _ = _scan_split(root, "val", classes)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RMSpropTF", "OPTIMIZERS", "build_optimizer", "SCHEDULES", "LRSchedule",
+__all__ = ["RMSpropTF", "OPTIMIZERS", "build_optimizer", "SCHEDULES", "LRSchedule", "lr_scale",
            "smoothed_cross_entropy", "ModelEMA"]
 
 
@@ -95,20 +95,34 @@ SCHEDULES: dict[str, Callable] = {
 }
 
 
-class LRSchedule:
-    """Per-step learning rate: ``base(step) * min(1, (step + 1) / warmup_steps)``."""
+def lr_scale(solver: dict, world: int = 1) -> float:
+    """Linear scaling of the learning rate: the run's global batch (``batch_size`` x ``world``
+    processes) over ``global_batch``, the batch ``lr`` is stated for; 1 when that is 0 or absent."""
+    ref = solver.get("global_batch", 0)
+    if not ref:
+        return 1.0
+    if ref < 0:
+        raise ValueError(f"solver.global_batch must be >= 0, got {ref}")
+    return solver["batch_size"] * world / ref
 
-    def __init__(self, solver: dict, steps_per_epoch: int):
+
+class LRSchedule:
+    """Per-step learning rate: ``scale * base(step) * min(1, (step + 1) / warmup_steps)``, with
+    ``scale = lr_scale(solver, world)`` (the linear scaling rule)."""
+
+    def __init__(self, solver: dict, steps_per_epoch: int, world: int = 1):
         if solver["schedule"] not in SCHEDULES:
             raise ValueError(f"unknown schedule {solver['schedule']!r}; known schedules: "
                              f"{', '.join(SCHEDULES)}")
         self.solver, self.steps_per_epoch = solver, steps_per_epoch
+        self.scale = lr_scale(solver, world)
         self.total_steps = int(solver["epochs"] * steps_per_epoch)
         self.warmup_steps = int(round(solver["warmup_epochs"] * steps_per_epoch))
 
     def __call__(self, step: int) -> float:
         """Learning rate of optimizer step ``step`` (0-based)."""
-        lr = SCHEDULES[self.solver["schedule"]](step, self.total_steps, self.solver, self.steps_per_epoch)
+        lr = self.scale * SCHEDULES[self.solver["schedule"]](step, self.total_steps, self.solver,
+                                                             self.steps_per_epoch)
         if step < self.warmup_steps:
             lr *= (step + 1) / self.warmup_steps
         return lr

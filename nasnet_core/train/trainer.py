@@ -113,7 +113,7 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, s)
-        self.schedule = LRSchedule(s, self.steps_per_epoch)
+        self.schedule = LRSchedule(s, self.steps_per_epoch, self.world)  # lr scaled to the global batch
         self.ema = ModelEMA(self.model, s["ema_decay"]) if s["ema_decay"] > 0 else None
         self.net = self.model
         if self.world > 1:
