@@ -125,6 +125,21 @@ def test_demo_refuses_a_checkpoint_that_does_not_fill_the_backbone(weights, tiny
     assert not (tmp_path / "out").exists()
 
 
+def test_train_net_refuses_a_checkpoint_that_does_not_fill_the_backbone(weights, tiny_val, tmp_path, capsys):
+    d, _ = weights
+    common = ["--config-file", str(ROOT / SHAPES), *map(str, SMALL), "OUTPUT_DIR", str(tmp_path / "out"),
+              "DATASETS.TRAIN", "('rel_shapes_val',)", "DATASETS.TEST", "('rel_shapes_val',)",
+              "MODEL.WEIGHTS", str(d / "cifar_backbone.pth"), "SOLVER.MAX_ITER", "1"]
+    train_net = load_tool("train_net")
+    for extra in (["--eval-only"], []):  # evaluation, and training that starts from MODEL.WEIGHTS
+        capsys.readouterr()
+        rc = train_net.run([*extra, *common])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err
+        assert err.splitlines()[-1].startswith("error: ") and "cifar_backbone.pth fills 64 of the 489" in err
+        assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
 # ---- item 5: demo skips unreadable files, draws the rest, reports the count ---------------------------
 def test_demo_skips_unreadable_files(tiny_val, tmp_path, capsys):
     folder = tmp_path / "in"
@@ -186,16 +201,24 @@ def test_train_net_config_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and line == f"error: config file not found: {missing}"
     rc = train_net.run(["--config-file", str(ROOT / SHAPES), "MODEL.NASNET.NOPE", "1"])
     line = _one_error_line(capsys.readouterr().err)
-    assert rc == 2 and "MODEL.NASNET.NOPE" in line and "unknown config key" in line
+    assert rc == 2 and line == "error: config override: unknown config key MODEL.NASNET.NOPE"
+    rc = train_net.run(["--config-file", str(ROOT / SHAPES), "SOLVER.MAX_ITER", "many"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and line.startswith("error: config override: Type mismatch") and "SOLVER.MAX_ITER" in line
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f'_BASE_: "{ROOT / "configs/Base-NASNet-C4.yaml"}"\nSOLVER:\n  MAX_ITERS: 3\n')
-    rc = train_net.run(["--config-file", str(bad)])
-    line = _one_error_line(capsys.readouterr().err)
-    assert rc == 2 and "SOLVER.MAX_ITERS" in line and str(bad) in line
-    bad.write_text("MODEL: [unclosed\n")
-    rc = train_net.run(["--config-file", str(bad)])
-    line = _one_error_line(capsys.readouterr().err)
-    assert rc == 2 and str(bad) in line
+    cases = {
+        f'_BASE_: "{ROOT / "configs/Base-NASNet-C4.yaml"}"\nSOLVER:\n  MAX_ITERS: 3\n':
+            f"error: config file {bad}: unknown config key SOLVER.MAX_ITERS (did you mean SOLVER.MAX_ITER?)",
+        "MODEL: [unclosed\n": f"error: config file {bad} is not valid YAML: while parsing a flow sequence",
+        f'_BASE_: "{tmp_path / "gone.yaml"}"\n':
+            f"error: config file {bad}: its _BASE_ file is not found: {tmp_path / 'gone.yaml'}",
+        "- a list\n": f"error: config file {bad} must hold a mapping of config keys",
+    }
+    for text, expected in cases.items():
+        bad.write_text(text)
+        rc = train_net.run(["--config-file", str(bad)])
+        line = _one_error_line(capsys.readouterr().err)
+        assert rc == 2 and line.startswith(expected), line
 
 
 # ---- COCO annotation whose category_id is not in categories -------------------------------------------
