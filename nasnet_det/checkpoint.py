@@ -6,6 +6,11 @@ A nasnet_core checkpoint (``{"arch", "config", "state_dict"}``, written by
 suffix: ``cell_11.conv_1x1.conv.weight`` -> ``backbone.nasnet.cell_11.conv_1x1.conv.weight``,
 ``reduction_cell_1...`` -> ``roi_heads.res5.nasnet.reduction_cell_1...``. Keys left over are
 passed on, so fvcore's load report lists them as unexpected (e.g. ``last_linear.*``).
+
+Every checkpoint (these, detectron2's own, ``model_final.pth``) must fill every NASNet tensor
+of the model (backbone and C4 ROI-head cells) with the right shape; otherwise one
+CheckpointMismatch lists what is missing or mis-shaped and nothing is loaded. RPN, FPN and
+box-predictor tensors may be absent or differ (another number of classes), as in Detectron2.
 """
 
 from __future__ import annotations
@@ -121,12 +126,12 @@ class NASNetCheckpointer(DetectionCheckpointer):
                         f"{len(unmatched)} unmatched: {', '.join(unmatched) or 'none'}")
             checkpoint["model"] = renamed
         if checkpoint.get("matching_heuristics", False):  # detectron2 renames these itself; check after
-            return self._checked_after(checkpoint)
+            return self._load_renamed_by_heuristics(checkpoint)
         state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
         check_backbone_filled(self.model.state_dict(), state, str(getattr(self, "_source", "checkpoint")))
         return super()._load_model(checkpoint)
 
-    def _checked_after(self, checkpoint):
+    def _load_renamed_by_heuristics(self, checkpoint):
         """Load a checkpoint detectron2 renames by heuristics, refusing it if the backbone is not filled."""
         from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 

@@ -24,6 +24,18 @@ SMALL = ["MODEL.DEVICE", "cpu", "MODEL.NASNET.N", 1, "MODEL.NASNET.F", 192]
 NASNET_PARTS = ("backbone.nasnet", "roi_heads.res5.nasnet")
 
 
+@pytest.fixture(autouse=True)
+def _drop_stale_log_handlers():
+    """Earlier tests (default_setup under capture) leave detectron2 / fvcore log handlers on pytest's
+    closed capture streams; logging to them prints "--- Logging error ---" tracebacks on stderr."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for lg in loggers:
+        for handler in list(lg.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                lg.removeHandler(handler)
+
+
 @pytest.fixture(scope="module")
 def tiny_val(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
@@ -174,10 +186,12 @@ def test_visualize_refuses_results_of_another_dataset(tiny_val, tmp_path, capsys
     gt = json.loads((tiny_val / "annotations" / "instances_val.json").read_text())
     good = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=0.9)
             for a in gt["annotations"]]
+    n = len({d["image_id"] for d in good})
     cases = {
         "images": ([dict(d, image_id=d["image_id"] + 139_000) for d in good],
-                   "image id(s) of rel_shapes_val"),
-        "categories": ([dict(d, category_id=77) for d in good], "category id(s) of rel_shapes_val"),
+                   f"{n} of its {n} image ids are not image id(s) of rel_shapes_val (139001, 139002"),
+        "categories": ([dict(d, category_id=77) for d in good],
+                       "category ids 77 are not category id(s) of rel_shapes_val (known: 1, 2, 3)"),
     }
     for name, (dets, expected) in cases.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(dets))

@@ -7,7 +7,8 @@
     python tools/demo.py --config-file ... --video-input clip.mp4 --output demo_out
 
 Trailing ``KEY VALUE`` pairs override the config (as in train_net.py); the older spelling
-``--opts KEY VALUE ...`` is still read.
+``--opts KEY VALUE ...`` is still read. Files that cannot be read as images are skipped with
+one line each and counted at the end; MODEL.WEIGHTS that do not fill the backbone are refused.
 """
 
 from __future__ import annotations
