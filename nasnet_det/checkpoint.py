@@ -6,6 +6,11 @@ A nasnet_core checkpoint (``{"arch", "config", "state_dict"}``, written by
 suffix: ``cell_11.conv_1x1.conv.weight`` -> ``backbone.nasnet.cell_11.conv_1x1.conv.weight``,
 ``reduction_cell_1...`` -> ``roi_heads.res5.nasnet.reduction_cell_1...``. Keys left over are
 passed on, so fvcore's load report lists them as unexpected (e.g. ``last_linear.*``).
+
+Every checkpoint (these, detectron2's own, ``model_final.pth``) must fill every NASNet tensor
+of the model (backbone and C4 ROI-head cells) with the right shape; otherwise one
+CheckpointMismatch lists what is missing or mis-shaped and nothing is loaded. RPN, FPN and
+box-predictor tensors may be absent or differ (another number of classes), as in Detectron2.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["NASNetCheckpointer", "match_suffixes", "AUTHOR"]
+from nasnet_core.convert import CheckpointMismatch
+
+__all__ = ["NASNetCheckpointer", "match_suffixes", "check_backbone_filled", "AUTHOR"]
 
 AUTHOR = "nasnet_core"
 logger = logging.getLogger(__name__)
@@ -41,8 +48,58 @@ def match_suffixes(model_keys, ckpt: dict) -> tuple[dict, list[str]]:
     return out, sorted(set(ckpt) - set(owner))
 
 
+def _part(key: str) -> str:
+    """The module a NASNet key belongs to: everything up to the name after ``nasnet``."""
+    parts = key.split(".")
+    return ".".join(parts[: parts.index("nasnet") + 2])
+
+
+def _by_part(keys: list[str]) -> str:
+    """``a.nasnet.cell_0 (6 tensors), ...`` for ``keys``, in order of first appearance."""
+    groups: dict[str, int] = {}
+    for k in keys:
+        groups[_part(k)] = groups.get(_part(k), 0) + 1
+    return ", ".join(f"{g} ({n} tensor{'s' if n > 1 else ''})" for g, n in groups.items())
+
+
+def check_backbone_filled(model_state: dict, ckpt_state: dict, source: str) -> int:
+    """Raise one CheckpointMismatch unless ``ckpt_state`` fills every NASNet tensor of the model.
+
+    The NASNet tensors are the backbone's (and the C4 ROI head's cells): every key with a
+    ``nasnet`` component, BN batch counters aside. RPN, FPN and box-predictor tensors may be
+    absent or differ (an ImageNet classifier has none; a detector of another class count
+    differs in its box predictor). Returns how many NASNet tensors were checked."""
+    required = {k: v for k, v in model_state.items()
+                if "nasnet" in k.split(".") and not k.endswith("num_batches_tracked")}
+    missing = [k for k in required if k not in ckpt_state]
+    wrong = [(k, tuple(ckpt_state[k].shape), tuple(v.shape)) for k, v in required.items()
+             if k in ckpt_state and tuple(ckpt_state[k].shape) != tuple(v.shape)]
+    if not missing and not wrong:
+        return len(required)
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {_by_part(missing)}")
+    if wrong:
+        k, got, want = wrong[0]
+        problems.append(f"wrong shape {len(wrong)}: {_by_part([w[0] for w in wrong])}; first {k} "
+                        f"checkpoint {got} vs model {want}")
+    filled = len(required) - len(missing) - len(wrong)
+    raise CheckpointMismatch(
+        f"{source} fills {filled} of the {len(required)} backbone tensors of this detector "
+        f"({'; '.join(problems)}); give a checkpoint of the same network (MODEL.NASNET.ARCH, N, F, "
+        "GENOTYPE) -- only the classifier and box-predictor heads may differ")
+
+
 class NASNetCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer plus nasnet_core checkpoints (both formats), matched by suffix."""
+    """DetectionCheckpointer plus nasnet_core checkpoints (both formats), matched by suffix.
+
+    Any checkpoint that does not fill every NASNet tensor of the model is refused with one
+    CheckpointMismatch (``check_backbone_filled``) before anything is loaded."""
+
+    def load(self, path, *args, **kwargs):
+        """Load ``path`` (see fvcore's Checkpointer.load); remembers it for the error message."""
+        self._source = path
+        return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
         loaded = super()._load_file(filename)
@@ -68,4 +125,21 @@ class NASNetCheckpointer(DetectionCheckpointer):
             logger.info(f"nasnet_core checkpoint: {matched} tensors matched by suffix, "
                         f"{len(unmatched)} unmatched: {', '.join(unmatched) or 'none'}")
             checkpoint["model"] = renamed
+        if checkpoint.get("matching_heuristics", False):  # detectron2 renames these itself; check after
+            return self._load_renamed_by_heuristics(checkpoint)
+        state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
+        check_backbone_filled(self.model.state_dict(), state, str(getattr(self, "_source", "checkpoint")))
+        return super()._load_model(checkpoint)
+
+    def _load_renamed_by_heuristics(self, checkpoint):
+        """Load a checkpoint detectron2 renames by heuristics, refusing it if the backbone is not filled."""
+        from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+
+        self._convert_ndarray_to_tensor(checkpoint["model"])
+        checkpoint["model"] = align_and_update_state_dicts(
+            self.model.state_dict(), checkpoint["model"],
+            c2_conversion=checkpoint.get("__author__", None) == "Caffe2")
+        checkpoint["matching_heuristics"] = False
+        check_backbone_filled(self.model.state_dict(), checkpoint["model"],
+                              str(getattr(self, "_source", "checkpoint")))
         return super()._load_model(checkpoint)

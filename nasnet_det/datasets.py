@@ -10,15 +10,18 @@
 
 COCO files are read from detectron2's ``$DETECTRON2_DATASETS/coco`` layout
 (``train2014/``, ``val2014/``, ``annotations/instances_{train,val}2014.json``).
-Records whose image file is missing and annotations with a bad box are skipped and
-counted (one warning per dataset), so a damaged download never crashes training.
+Records whose image file is missing and annotations with a bad box or a category_id not in
+the json's categories are skipped and counted (one warning per dataset), so a damaged
+download never crashes training.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from . import shapes
 
 __all__ = ["register_all", "register_shapes", "minival_ids", "sanitize", "load_coco_split",
-           "COCO_SPLITS", "SHAPES", "SUBMISSION_TESTSETS"]
+           "load_coco_records", "COCO_SPLITS", "SHAPES", "SUBMISSION_TESTSETS"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +64,10 @@ def _bad_box(box, width, height) -> bool:
     return w <= 0 or h <= 0 or x >= width or y >= height or x + w <= 0 or y + h <= 0
 
 
-def sanitize(records: list[dict], name: str, check_files: bool = True) -> list[dict]:
-    """Drop records whose image file is missing and annotations with bad boxes; log the counts."""
+def sanitize(records: list[dict], name: str, check_files: bool = True,
+             unknown_category: int = 0) -> list[dict]:
+    """Drop records whose image file is missing and annotations with bad boxes; log the counts
+    (with ``unknown_category``, the annotations the loader dropped for a category not in the json)."""
     out, missing, bad = [], 0, 0
     for r in records:
         if check_files and not os.path.isfile(r["file_name"]):
@@ -72,13 +77,32 @@ def sanitize(records: list[dict], name: str, check_files: bool = True) -> list[d
                 if not _bad_box(a.get("bbox", ()), r["width"], r["height"])]
         bad += len(r.get("annotations", [])) - len(anns)
         out.append(dict(r, annotations=anns) if "annotations" in r else r)
-    if missing or bad:
+    if missing or bad or unknown_category:
         logger.warning(f"{name}: skipped {missing} image(s) whose file is missing and {bad} "
-                       f"annotation(s) with a bad box (non-positive size, non-finite or outside the image)")
+                       f"annotation(s) with a bad box (non-positive size, non-finite or outside the image)"
+                       f" and {unknown_category} annotation(s) whose category_id is not in the json's "
+                       "categories")
     if not out:
         raise FileNotFoundError(f"{name}: none of its {len(records)} images exist; "
                                 "check $DETECTRON2_DATASETS")
     return out
+
+
+def load_coco_records(json_file: str | Path, image_root: str | Path, name: str) -> tuple[list[dict], int]:
+    """``load_coco_json`` records and how many annotations were dropped for a category_id that is not
+    in the json's ``categories`` (Detectron2 fails the whole file on one; the file is not changed)."""
+    try:
+        return load_coco_json(str(json_file), str(image_root), name), 0
+    except KeyError as e:
+        if "does not exist in 'categories'" not in str(e):
+            raise
+    data = json.loads(Path(json_file).read_text())
+    known = {c["id"] for c in data.get("categories", [])}
+    kept = [a for a in data["annotations"] if a.get("category_id") in known]
+    with tempfile.TemporaryDirectory(prefix="nasnet_det-") as tmp:
+        path = Path(tmp) / Path(json_file).name  # same name: load_coco_json looks at it ("minival")
+        path.write_text(json.dumps(dict(data, annotations=kept)))
+        return load_coco_json(str(path), str(image_root), name), len(data["annotations"]) - len(kept)
 
 
 def load_coco_split(name: str, root: str | Path | None = None) -> list[dict]:
@@ -87,21 +111,21 @@ def load_coco_split(name: str, root: str | Path | None = None) -> list[dict]:
         raise KeyError(f"unknown COCO split {name!r}; known: {', '.join(COCO_SPLITS)}")
     root = Path(root or os.environ.get("DETECTRON2_DATASETS", "datasets"))
     ids = minival_ids()
-    records = []
+    records, unknown = [], 0
     for image_dir, json_file, rule in COCO_SPLITS[name]:
         path = root / json_file
         if not path.is_file():
             raise FileNotFoundError(f"{name} needs {path} (detectron2's $DETECTRON2_DATASETS/coco layout)")
-        for r in load_coco_json(str(path), str(root / image_dir), name):
-            if (r["image_id"] in ids) == (rule == "only"):
-                records.append(r)
-    return sanitize(records, name)
+        loaded, dropped = load_coco_records(path, root / image_dir, name)
+        unknown += dropped
+        records += [r for r in loaded if (r["image_id"] in ids) == (rule == "only")]
+    return sanitize(records, name, unknown_category=unknown)
 
 
 def _load_shapes(name: str, split: str, root: Path) -> list[dict]:
     shapes.ensure_shapes(root)
-    records = load_coco_json(str(root / "annotations" / f"instances_{split}.json"), str(root / split), name)
-    return sanitize(records, name)
+    records, unknown = load_coco_records(root / "annotations" / f"instances_{split}.json", root / split, name)
+    return sanitize(records, name, unknown_category=unknown)
 
 
 def register_shapes(name: str, split: str, root: str | Path | None = None) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 import weakref
 from pathlib import Path
 
 import detectron2.data.transforms as T
 import torch
+import yaml
 from detectron2.config import get_cfg
 from detectron2.data import (
     DatasetMapper,
@@ -21,14 +24,17 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
+from nasnet_core.cli import one_line
+from nasnet_core.config import ConfigError
+
 from . import shapes
 from .backbone import NASNetBackbone
 from .checkpoint import NASNetCheckpointer
 from .config import add_nasnet_config
 from .roi_heads import NASNetCropHead
 
-__all__ = ["setup_cfg", "setup_cfg_plain", "Trainer", "EVALUATORS", "build_evaluator", "eval_output_dir",
-           "visualize_after_eval", "build_augmentations"]
+__all__ = ["setup_cfg", "setup_cfg_plain", "merge_config", "Trainer", "EVALUATORS", "build_evaluator",
+           "eval_output_dir", "visualize_after_eval", "build_augmentations"]
 
 logger = logging.getLogger("nasnet_det")
 
@@ -38,12 +44,51 @@ EVALUATORS = {
 }
 
 
+def _unknown_key(cfg, message: str) -> str | None:
+    """``unknown config key A.B (did you mean A.C?)`` for yacs' "Non-existent key" message, else None."""
+    m = re.search(r"Non-existent (?:config )?key: (\S+)", message)
+    if not m:
+        return None
+    *parents, last = m.group(1).split(".")
+    node = cfg
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    close = difflib.get_close_matches(last, list(node), n=1, cutoff=0.75) if isinstance(node, dict) else []
+    hint = f" (did you mean {'.'.join([*parents, close[0]])}?)" if close else ""
+    return f"unknown config key {m.group(1)}{hint}"
+
+
+def merge_config(cfg, config_file: str, opts=()) -> None:
+    """Merge ``config_file`` then the ``opts`` pairs into ``cfg``; one ConfigError naming the file or key.
+
+    Detectron2 / yacs report these as AssertionError, KeyError, ValueError, a YAML error or a
+    missing ``_BASE_`` file; each becomes one line that says which file or override is wrong."""
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        cfg.merge_from_file(str(path))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {one_line(e)}") from None
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path}: its _BASE_ file is not found: {e.filename}") from None
+    except AttributeError:
+        raise ConfigError(f"config file {path} must hold a mapping of config keys") from None
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(f"config file {path}: {_unknown_key(cfg, text) or one_line(text)}") from None
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ConfigError(f"config override: {_unknown_key(cfg, text) or one_line(text)}") from None
+
+
 def setup_cfg_plain(config_file: str, opts=()):
     """Config with nasnet_det's keys, ``config_file`` and ``opts`` merged (no logging setup), frozen."""
     cfg = get_cfg()
     add_nasnet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    merge_config(cfg, config_file, opts)
     cfg.freeze()
     if cfg.CPU_THREADS > 0:
         torch.set_num_threads(cfg.CPU_THREADS)

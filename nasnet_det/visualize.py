@@ -13,7 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils.visualizer import Visualizer
 
-__all__ = ["draw_instances", "draw_results", "read_results", "side_by_side"]
+__all__ = ["draw_instances", "draw_results", "read_results", "check_results", "side_by_side"]
 
 
 def draw_instances(image_rgb: np.ndarray, instances: Instances, metadata,
@@ -27,8 +27,32 @@ def draw_instances(image_rgb: np.ndarray, instances: Instances, metadata,
     return out
 
 
-def read_results(path: str | Path, metadata) -> dict[int, list[dict]]:
-    """COCO results json -> {image_id: [detections with contiguous class ids]}."""
+def _examples(ids) -> str:
+    ids = sorted(ids)
+    return ", ".join(map(str, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def check_results(path, dets: list[dict], metadata, image_ids=None, name: str = "the dataset") -> None:
+    """ValueError unless every image id is in ``image_ids`` (when given) and every category id is
+    one of the dataset's (its contiguous-id map, else 0 .. len(thing_classes) - 1)."""
+    to_contiguous = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    known = set(to_contiguous) if to_contiguous else set(range(len(metadata.get("thing_classes", []))))
+    bad_cats = {d["category_id"] for d in dets} - known
+    if known and bad_cats:
+        raise ValueError(f"{path} holds results of another dataset: category ids {_examples(bad_cats)} "
+                         f"are not category id(s) of {name} (known: {_examples(known)})")
+    if image_ids is not None:
+        bad_images = {d["image_id"] for d in dets} - set(image_ids)
+        if bad_images:
+            raise ValueError(f"{path} holds results of another dataset: {len(bad_images)} of its "
+                             f"{len({d['image_id'] for d in dets})} image ids are not image id(s) of {name} "
+                             f"({_examples(bad_images)})")
+
+
+def read_results(path: str | Path, metadata, image_ids=None,
+                 name: str = "the dataset") -> dict[int, list[dict]]:
+    """COCO results json -> {image_id: [detections with contiguous class ids]}; refuses results
+    whose image ids (when ``image_ids`` is given) or category ids are not the dataset's."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file not found: {path}")
@@ -39,6 +63,7 @@ def read_results(path: str | Path, metadata) -> dict[int, list[dict]]:
     if not isinstance(dets, list) or any(not {"image_id", "bbox", "score", "category_id"} <= set(d)
                                         for d in dets):
         raise ValueError(f"{path} is not a COCO results list (image_id, category_id, bbox, score)")
+    check_results(path, dets, metadata, image_ids, name)
     to_contiguous = metadata.get("thing_dataset_id_to_contiguous_id", None)
     by_image = defaultdict(list)
     for d in dets:
@@ -79,7 +104,8 @@ def draw_results(dataset_name: str, results: list[str | Path], out_dir: str | Pa
         raise ValueError(f"give one results file, or two for a side-by-side comparison; got {len(results)}")
     records = DatasetCatalog.get(dataset_name)
     metadata = MetadataCatalog.get(dataset_name)
-    per_file = [read_results(r, metadata) for r in results]
+    ids = {r["image_id"] for r in records}
+    per_file = [read_results(r, metadata, ids, dataset_name) for r in results]
     titles = titles or [Path(r).parent.name or Path(r).stem for r in results]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@
     python tools/demo.py --config-file ... --video-input clip.mp4 --output demo_out
 
 Trailing ``KEY VALUE`` pairs override the config (as in train_net.py); the older spelling
-``--opts KEY VALUE ...`` is still read.
+``--opts KEY VALUE ...`` is still read. Files that cannot be read as images are skipped with
+one line each and counted at the end; MODEL.WEIGHTS that do not fill the backbone are refused.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def list_images(inputs) -> list[Path]:
     return files
 
 
+def read_image(path: Path):
+    """The BGR image in ``path``, or None when it cannot be decoded (OpenCV's own warning silenced)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        return cv2.imread(str(path))
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def frames(video: str, stride: int):
     """(name, BGR frame) of every stride-th frame of a video."""
     cap = cv2.VideoCapture(video)
@@ -95,11 +106,15 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
+    skipped = []
+
     def items():
         for p in files:
-            img = cv2.imread(str(p))
-            if img is None:
-                raise ValueError(f"cannot read image {p}")
+            img = read_image(p)
+            if img is None:  # one line, then the next file
+                skipped.append(p)
+                tqdm.tqdm.write(f"skipped {p}: cannot read it as an image", file=sys.stderr)
+                continue
             yield p.stem, img
         if args.video_input:
             yield from frames(args.video_input, args.video_stride)
@@ -111,7 +126,10 @@ def main(argv=None) -> int:
         drawn = draw_instances(bgr[:, :, ::-1], inst, predictor.metadata)
         cv2.imwrite(str(out / f"{name}.jpg"), drawn[:, :, ::-1])
         count += 1
-    print(f"wrote {count} image(s) to {out}")
+    if count == 0 and skipped:
+        raise ValueError(f"none of the {len(skipped)} input image(s) could be read")
+    note = f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""
+    print(f"wrote {count} image(s) to {out}{note}")
     return 0
 
 

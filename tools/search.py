@@ -32,7 +32,7 @@ def cmd_run(args) -> dict:
     if args.address:
         overrides += ["executor.address", args.address]
     cfg = load_config(args.config, overrides, schema=SEARCH)
-    return start_search(args.run_dir, cfg, progress=not args.quiet)
+    return start_search(args.run_dir, cfg, progress=not args.quiet, force=args.force)
 
 
 def cmd_resume(args) -> dict:
@@ -56,7 +56,8 @@ def cmd_export(args) -> None:
     """Write the top-K genotypes of a run as JSON files."""
     from nasnet_core.search.report import export_top, load_run
 
-    for path in export_top(load_run(args.run_dir), args.top, args.output or Path(args.run_dir) / "export"):
+    out = args.output or Path(args.run_dir) / "export"
+    for path in export_top(load_run(args.run_dir), args.top, out, overwrite=args.force):
         print(path)
 
 
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=["inprocess", "ray"], help="executor.backend")
     r.add_argument("--address", help="Ray cluster address (executor.address)")
     r.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
+    r.add_argument("--force", action="store_true",
+                   help="write the run into a folder that holds other files (replaces its config.yaml)")
     r.add_argument("overrides", nargs="*", metavar="KEY VALUE",
                    help="config overrides in pairs, e.g. search.seed 1 reward.child.epochs 2")
     s = sub.add_parser("resume", help="continue a search (same as --resume)")
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--top", type=int, default=1, help="how many of the best genotypes to write")
     e.add_argument("--output", help="output folder (default RUN_DIR/export)")
+    e.add_argument("--force", action="store_true", help="overwrite existing topK.json files")
     c = sub.add_parser("compare", help="strategies on the synthetic landscapes (samples to 90 %% of optimum)")
     c.add_argument("--seeds", type=int, default=5, help="strategy / landscape seeds")
     c.add_argument("--budget", type=int, default=2000, help="samples per strategy and seed")

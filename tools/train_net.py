@@ -9,7 +9,8 @@
 Each test set's results go to OUTPUT_DIR/inference/<dataset>/; on coco_2017_test-dev also the
 COCO server submission detections_test-dev2017_<alg>_results.zip (alg: TEST.SUBMISSION_ALG, else
 the config file's name), whose path is logged. Drawn detections go to OUTPUT_DIR/vis/<dataset>/.
-The project's own errors (bad config, missing data, foreign results) exit 2 with one line.
+The project's own errors (bad config file or key, MODEL.WEIGHTS that do not fill the backbone,
+missing data, foreign results) exit 2 with one line.
 """
 
 from __future__ import annotations

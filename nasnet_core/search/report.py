@@ -86,22 +86,32 @@ def plot_runs(runs: list[dict], out: str | Path, ks=(1, 5, 25), title: str | Non
         plt.close(fig)
 
 
-def export_top(run: dict, top: int, out_dir: str | Path) -> list[Path]:
-    """Write the ``top`` best genotypes as JSON (``{"genotype": ..., "reward": ...}``); returns paths."""
+def export_top(run: dict, top: int, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write the ``top`` best genotypes as JSON (``{"genotype": ..., "reward": ...}``); returns paths.
+
+    Existing files are refused (nothing written) unless ``overwrite`` (tools/search.py export --force)."""
     from ..genotype import Genotype
 
+    if top < 1:
+        raise ValueError(f"--top must be >= 1, got {top}")
     out_dir = Path(out_dir)
-    paths = []
     ranked = _ranked(run)
     if not ranked:
         raise ValueError(f"{run['run_dir']} has no finished child to export")
-    for rank, c in enumerate(ranked[:top], 1):
+    chosen = list(enumerate(ranked[:top], 1))
+    paths = [out_dir / f"top{rank}.json" for rank, _ in chosen]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                         "pass --force to overwrite, or choose another --output")
+    texts = []
+    for rank, c in chosen:
         if not c["genotype"]:
             raise ValueError(f"child {c['id']} has no genotype (not a NASNet space)")
         g = Genotype.from_string(c["genotype"])
         data = {"genotype": g.to_dict(), "text": g.to_string(), "reward": c["reward"], "child": c["id"],
                 "rank": rank, "run_dir": run["run_dir"], "strategy": run["config"]["search"]["strategy"]}
-        path = out_dir / f"top{rank}.json"
-        atomic_write_text(path, json.dumps(data, indent=1))
-        paths.append(path)
+        texts.append(json.dumps(data, indent=1))
+    for path, text in zip(paths, texts):
+        atomic_write_text(path, text)
     return paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,11 +20,23 @@ import torch
 from .landscapes import make_landscape
 from .space import DecisionSpace, make_space
 
-__all__ = ["REWARDS", "SyntheticReward", "ChildTimeout", "make_reward", "run_child", "build_space"]
+__all__ = ["REWARDS", "SyntheticReward", "landscape_seed", "ChildTimeout", "make_reward", "run_child",
+           "build_space"]
+
+
+def landscape_seed(target_seed: int) -> int:
+    """The landscape generator's seed: ``target_seed`` hashed with a tag (SHA-256, 63 bits).
+
+    Strategies seed their generators with ``search.seed`` itself; a target drawn from the same
+    number would be the random strategy's first sample (reward 1.0). Hashing makes the two
+    streams unrelated whatever the two seeds are."""
+    digest = hashlib.sha256(f"nasnet synthetic target {int(target_seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class SyntheticReward:
-    """A synthetic landscape (``kind``: match or pairwise, drawn from ``target_seed``); optimum = 1.0.
+    """A synthetic landscape (``kind``: match or pairwise, drawn from ``landscape_seed(target_seed)``,
+    independent of the strategy's seed); optimum = 1.0.
 
     ``faults`` maps a child id to ``raise`` / ``nan`` / ``hang`` (sleep 600 s, for timeouts) /
     ``die_once`` (SIGKILL its own worker the first time, leaving a marker in ``fault_dir``) to
@@ -35,7 +48,7 @@ class SyntheticReward:
     def __init__(self, space: DecisionSpace, target_seed: int = 0, noise: float = 0.0, delay: float = 0.0,
                  faults: dict | None = None, fault_dir: str | None = None, kind: str = "match"):
         self.space = space
-        self.landscape = make_landscape(kind, space, target_seed)
+        self.landscape = make_landscape(kind, space, landscape_seed(target_seed))
         self.noise, self.delay, self.fault_dir = float(noise), float(delay), fault_dir
         self.faults = {int(k): v for k, v in (faults or {}).items()}
         bad = {k: v for k, v in self.faults.items() if v not in self.FAULTS}

@@ -10,10 +10,11 @@ from pathlib import Path
 from ..config import SEARCH, load_config, write_config
 from .executor import make_executor
 from .rewards import build_space
-from .store import RunStore
+from .store import DB_NAME, RunStore
 from .strategies import make_strategy, state_from_bytes, state_to_bytes
 
-__all__ = ["start_search", "resume_search", "topk_means"]
+__all__ = ["start_search", "resume_search", "topk_means", "check_config", "check_values",
+           "check_run_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +27,49 @@ def _genotype_text(space, decisions) -> str | None:
     return space.decode(decisions).to_string() if hasattr(space, "decode") else None
 
 
+# Lowest sensible value of each numeric search key: (bound, inclusive); null passes where allowed.
+_LOWER_BOUNDS = {
+    "search.num_children": (1, True), "search.max_in_flight": (0, True),
+    "space.num_blocks": (1, True), "executor.num_cpus": (1, True), "executor.cpus_per_child": (1, True),
+    "executor.gpus_per_child": (0, True), "executor.max_retries": (0, True),
+    "reward.child.val_size": (1, True), "reward.child.train_subset": (0, True),
+    "reward.child.val_subset": (0, True), "reward.child.N": (1, True),
+    "reward.child.num_conv_filters": (1, True), "reward.child.stem_multiplier": (0, False),
+    "reward.child.epochs": (1, True), "reward.child.batch_size": (1, True), "reward.child.lr": (0, False),
+    "reward.child.weight_decay": (0, True), "reward.child.grad_clip": (0, True),
+    "reward.child.crop_pad": (0, True), "reward.child.num_threads": (0, True),
+    "reward.child.eval_batch_size": (1, True), "reward.child.cost_target": (0, True),
+    "reward.child.workers": (0, True), "reward.synthetic.noise": (0, True),
+    "reward.synthetic.delay": (0, True),
+}
+_NULLABLE = {"space.num_blocks", "executor.num_cpus", "executor.gpus_per_child"}
+
+
+def check_values(cfg: dict) -> None:
+    """One ValueError naming the first numeric search key whose value makes no sense."""
+    for key, (bound, inclusive) in _LOWER_BOUNDS.items():
+        section, *path = key.split(".")
+        value = cfg[section]
+        for part in path:
+            value = value[part]
+        if value is None and key in _NULLABLE:
+            continue
+        number = isinstance(value, (int, float))
+        if not (number and math.isfinite(value) and (value >= bound if inclusive else value > bound)):
+            rule = f"{'>=' if inclusive else '>'} {bound}" + (" or null" if key in _NULLABLE else "")
+            raise ValueError(f"{key} must be {rule}, got {f'{value:g}' if number else value}")
+    momentum = cfg["reward"]["child"]["momentum"]
+    if not 0 <= momentum < 1:
+        raise ValueError(f"reward.child.momentum must be in [0, 1), got {momentum:g}")
+
+
 def check_config(cfg: dict) -> None:
-    """Fail fast, before anything is written, on names the workers would only reject later."""
+    """Fail fast, before anything is written, on names and values the workers would only reject later."""
     from ..datasets import DATASETS
     from .executor import EXECUTORS
     from .rewards import REWARDS
 
+    check_values(cfg)
     if cfg["reward"]["name"] not in REWARDS:
         raise ValueError(f"unknown reward {cfg['reward']['name']!r}; known: {', '.join(REWARDS)}")
     if cfg["executor"]["backend"] not in EXECUTORS:
@@ -52,31 +90,52 @@ def check_config(cfg: dict) -> None:
                                     "(reward.child.data_dir)")
 
 
-def start_search(run_dir: str | Path, config: dict | None = None, progress: bool = True) -> dict:
-    """Create ``run_dir`` for a new search with a resolved ``config`` and run it to completion."""
+def check_run_dir(run_dir: str | Path, force: bool = False) -> None:
+    """Refuse a ``run_dir`` that is a file, or a folder holding files but no search (unless ``force``)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} is not a folder")
+    if not run_dir.is_dir() or (run_dir / DB_NAME).exists() or force:
+        return  # new, or a search (RunStore names --resume)
+    found = sorted(p.name for p in run_dir.iterdir())
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ValueError(f"run directory {run_dir} is not empty and holds no search ({shown}); choose a "
+                         f"new or empty folder, continue a search with --resume, or pass --force to "
+                         f"write the search into it (its config.yaml would be replaced)")
+
+
+def start_search(run_dir: str | Path, config: dict | None = None, progress: bool = True,
+                 force: bool = False) -> dict:
+    """Create ``run_dir`` for a new search with a resolved ``config`` and run it to completion.
+
+    A folder that holds other files is refused unless ``force`` (tools/search.py run --force)."""
     cfg = config if config is not None else load_config(schema=SEARCH)
     check_config(cfg)
+    check_run_dir(run_dir, force)
     space = build_space(cfg["space"])
     strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
                              **cfg["search"]["strategy_hparams"])
-    store = RunStore(run_dir, create=True)
-    write_config(cfg, Path(run_dir) / "config.yaml", SEARCH)
-    store.init({"config": cfg, "space": space.to_dict()}, state_to_bytes(strategy.state_dict()),
-               _counts(strategy))
-    return _run(store, cfg, space, strategy, progress)
+    with RunStore(run_dir, create=True, lock=True) as store:
+        write_config(cfg, Path(run_dir) / "config.yaml", SEARCH)
+        store.init({"config": cfg, "space": space.to_dict()}, state_to_bytes(strategy.state_dict()),
+                   _counts(strategy))
+        return _run(store, cfg, space, strategy, progress)
 
 
 def resume_search(run_dir: str | Path, progress: bool = True, num_children: int | None = None) -> dict:
     """Continue the search in ``run_dir`` exactly where its last committed state left it."""
-    store = RunStore(run_dir)
-    cfg = store.meta()["config"]
-    if num_children is not None:  # extend (or keep) the planned total
-        cfg["search"]["num_children"] = int(num_children)
-    space = build_space(cfg["space"])
-    strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
-                             **cfg["search"]["strategy_hparams"])
-    strategy.load_state_dict(state_from_bytes(store.strategy_state()))
-    return _run(store, cfg, space, strategy, progress)
+    if num_children is not None and num_children < 1:
+        raise ValueError(f"--num-children must be >= 1, got {num_children}")
+    with RunStore(run_dir, lock=True) as store:  # a second process resuming the run is refused here
+        cfg = store.meta()["config"]
+        if num_children is not None:  # extend (or keep) the planned total
+            cfg["search"]["num_children"] = int(num_children)
+        space = build_space(cfg["space"])
+        strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
+                                 **cfg["search"]["strategy_hparams"])
+        strategy.load_state_dict(state_from_bytes(store.strategy_state()))
+        return _run(store, cfg, space, strategy, progress)
 
 
 def _run(store: RunStore, cfg: dict, space, strategy, progress: bool) -> dict:
@@ -120,11 +179,9 @@ def _run(store: RunStore, cfg: dict, space, strategy, progress: bool) -> dict:
         executor.shutdown()
         if writer is not None:
             writer.close()
-    summary = {"run_dir": str(store.run_dir), "children": store.count(), "done": store.count("done"),
-               "failed": store.count("failed"), "timeout": store.count("timeout"), **store.strategy_counts(),
-               "best": max(rewards) if rewards else None}
-    store.close()
-    return summary
+    return {"run_dir": str(store.run_dir), "children": store.count(), "done": store.count("done"),
+            "failed": store.count("failed"), "timeout": store.count("timeout"), **store.strategy_counts(),
+            "best": max(rewards) if rewards else None}
 
 
 def _tell(strategy, decisions: list[int], result: dict, failure_reward: float | None) -> bytes | None:

@@ -13,9 +13,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-__all__ = ["RunStore", "DB_NAME", "StoreError"]
+__all__ = ["RunStore", "DB_NAME", "LOCK_NAME", "StoreError"]
 
 DB_NAME = "search.db"
+LOCK_NAME = "search.lock"  # flocked by the one process writing the run (run or resume)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,12 +50,30 @@ class StoreError(RuntimeError):
     """A missing, foreign or inconsistent run directory."""
 
 
+def _take_lock(run_dir: Path):
+    """An exclusive flock on ``RUN_DIR/search.lock`` held until closed; StoreError if another holds it.
+
+    The kernel drops the lock when its process dies (even by SIGKILL), so no stale lock is left."""
+    import fcntl
+
+    handle = open(run_dir / LOCK_NAME, "a")  # noqa: SIM115 - held open for the store's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(f"{run_dir} is in use by another search process (run or --resume); wait "
+                         "for it to finish or stop it first") from None
+    return handle
+
+
 class RunStore:
     """Transactional access to ``RUN_DIR/search.db``."""
 
-    def __init__(self, run_dir: str | Path, create: bool = False):
+    def __init__(self, run_dir: str | Path, create: bool = False, lock: bool = False):
+        """Open (or with ``create``, make) the run's database; ``lock``: as its one writing process."""
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
+        self._lock = None
         if create:
             if self.path.exists():
                 raise StoreError(f"{self.run_dir} already holds a search; resume it with --resume "
@@ -62,24 +81,47 @@ class RunStore:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         elif not self.path.is_file():
             raise StoreError(f"no search found in {self.run_dir} (missing {DB_NAME})")
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        if lock:
+            self._lock = _take_lock(self.run_dir)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+            self._open(create)
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise StoreError(f"{self.path} is not a search database ({e})") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, create: bool) -> None:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")  # one fsync per commit; commits stay atomic and durable
         self.db.execute("PRAGMA synchronous=FULL")
         if create:
             self.db.executescript(_SCHEMA)
-        else:
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if not {"meta", "children", "strategy"} <= tables:
-                raise StoreError(f"{self.path} is not a search database (tables: {sorted(tables)})")
-            columns = {r[1] for r in self.db.execute("PRAGMA table_info(children)")}
-            for name, kind in (("accuracy", "REAL"), ("mult_adds", "INTEGER")):  # runs made before them
-                if name not in columns:
-                    self.db.execute(f"ALTER TABLE children ADD COLUMN {name} {kind}")
+            return
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "children", "strategy"} <= tables:
+            raise StoreError(f"{self.path} is not a search database (tables: {sorted(tables)})")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(children)")}
+        for name, kind in (("accuracy", "REAL"), ("mult_adds", "INTEGER")):  # runs made before them
+            if name not in columns:
+                self.db.execute(f"ALTER TABLE children ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
-        """Close the database."""
-        self.db.close()
+        """Close the database and release the writer lock."""
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+            self.db = None
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _txn(self):
         store = self
