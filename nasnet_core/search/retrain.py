@@ -159,28 +159,11 @@ def _plan(root: Path, run_dir: Path, picks: list[dict], cfg: dict) -> dict:
     return state
 
 
-def retrain_top(run_dir: str | Path, top: int, cfg: dict, output: str | Path | None = None) -> dict:
-    """Retrain the ``top`` best children of ``run_dir`` with the classification config ``cfg``."""
+def _train(todo: list[dict], state: dict, root: Path, cfg: dict, executor_cfg: dict) -> None:
+    """Run the children of ``todo`` on the run's executor, recording each result as it arrives."""
     from .executor import make_executor
 
-    run_dir = Path(run_dir)
-    picks = select_top(run_dir, top)  # StoreError for an unknown run, ValueError for no children
-    store = RunStore(run_dir)
-    try:
-        executor_cfg = store.meta()["config"]["executor"]
-    finally:
-        store.close()
-    check_retrain_config(cfg, executor_cfg)
-    root = Path(output) if output else run_dir / "retrain"
-    state = _plan(root, run_dir, picks, cfg)
-    root.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, root / "config.yaml", CLASSIFICATION)
-    _save(root, state)
-    todo = [state["children"][str(p["child"])] for p in picks]
-    todo = [e for e in todo if e["status"] != "done"]
     jobs = {e["child"]: {"genotype": e["genotype"], "output_dir": str(root / e["dir"])} for e in todo}
-    log.info("retraining %d of the top %d children of %s (%d already done) -> %s",
-             len(todo), top, run_dir, top - len(todo), root)
     # retraining runs to the end: the search's per-child timeout does not apply
     executor = make_executor({**executor_cfg, "child_timeout": None, "job": retrain_job}, cfg, jobs)
     try:
@@ -197,6 +180,29 @@ def retrain_top(run_dir: str | Path, top: int, cfg: dict, output: str | Path | N
                          f"top-1 {result['top1']:.2f} %" if result["status"] == "done" else result["error"])
     finally:
         executor.shutdown()
+
+
+def retrain_top(run_dir: str | Path, top: int, cfg: dict, output: str | Path | None = None) -> dict:
+    """Retrain the ``top`` best children of ``run_dir`` with the classification config ``cfg``."""
+    run_dir = Path(run_dir)
+    picks = select_top(run_dir, top)  # StoreError for an unknown run, ValueError for no children
+    store = RunStore(run_dir)
+    try:
+        executor_cfg = store.meta()["config"]["executor"]
+    finally:
+        store.close()
+    check_retrain_config(cfg, executor_cfg)
+    root = Path(output) if output else run_dir / "retrain"
+    state = _plan(root, run_dir, picks, cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, root / "config.yaml", CLASSIFICATION)
+    _save(root, state)
+    todo = [state["children"][str(p["child"])] for p in picks]
+    todo = [e for e in todo if e["status"] != "done"]
+    log.info("retraining %d of the top %d children of %s (%d already done) -> %s",
+             len(todo), top, run_dir, top - len(todo), root)
+    if todo:
+        _train(todo, state, root, cfg, executor_cfg)
     entries = [state["children"][str(p["child"])] for p in picks]
     done = [e for e in entries if e["status"] == "done"]
     best = max(done, key=lambda e: (e["top1"], -e["rank"]), default=None)
