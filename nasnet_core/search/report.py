@@ -192,6 +192,7 @@ def plot_retrained(run: dict, out: str | Path, title: str | None = None) -> Path
         for e, x, y in zip(done, xs, ys):
             ax.annotate(f"#{e['rank']} (child {e['child']})", (x, y), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
+        ax.margins(x=0.15, y=0.15)  # room for the labels
         ax.set_xlabel(xlabel)
         ax.set_ylabel("retrained top-1 accuracy (%)")
         ax.grid(alpha=0.3)
