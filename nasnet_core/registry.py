@@ -10,7 +10,8 @@ from .layers import PAD_MODES
 from .network import NASNet
 from .ops import OpContext
 
-__all__ = ["ModelConfig", "MODELS", "create_model", "list_models", "register_model", "get_config"]
+__all__ = ["ModelConfig", "MODELS", "create_model", "list_models", "register_model", "get_config",
+           "width_per_filter"]
 
 
 @dataclass(frozen=True)
