@@ -85,7 +85,7 @@ class RayExecutor(Executor):
             gpus_per_child = 1 if resources.get("GPU", 0) > 0 else 0
         self.reward_cfg, self.space_cfg, self.timeout = reward_cfg, space_cfg, child_timeout
         self.task = ray.remote(job).options(num_cpus=cpus_per_child, num_gpus=gpus_per_child,
-                                                  max_retries=max_retries, retry_exceptions=False)
+                                            max_retries=max_retries, retry_exceptions=False)
         by_cpu = int(resources.get("CPU", 1) // max(cpus_per_child, 1e-9))
         by_gpu = int(resources.get("GPU", 0) // gpus_per_child) if gpus_per_child else by_cpu
         self.slots = max(1, min(by_cpu, by_gpu))
