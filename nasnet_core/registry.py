@@ -10,7 +10,8 @@ from .layers import PAD_MODES
 from .network import NASNet
 from .ops import OpContext
 
-__all__ = ["ModelConfig", "MODELS", "create_model", "list_models", "register_model", "get_config"]
+__all__ = ["ModelConfig", "MODELS", "create_model", "list_models", "register_model", "get_config",
+           "width_per_filter"]
 
 
 @dataclass(frozen=True)
@@ -111,19 +112,24 @@ def get_config(name: str, **overrides) -> ModelConfig:
     return cfg
 
 
-def filters_for_width(genotype, width: int) -> int:
-    """num_conv_filters giving a penultimate width F (after two filter doublings).
-
-    For NASNet-A the normal cell concatenates 6 states of ``filters`` channels, so
-    F = 24 * num_conv_filters (the paper's "N @ F" notation).
-    """
+def width_per_filter(genotype) -> int:
+    """Channels of the normal cell's output per filter (6 for NASNet-A: F = 4 x this x filters)."""
     g = get_genotype(genotype)
     n_in = g.normal.num_inputs
     per_filter = 0
     for s in g.normal.output_states():
         # NASNet-B (four-input) cells: F counts each of the four outputs as ``filters`` wide
         per_filter += 2 if n_in == 2 and s >= 2 and g.normal.blocks[s - 2].combine == "concat" else 1
-    multiple = 4 * per_filter
+    return per_filter
+
+
+def filters_for_width(genotype, width: int) -> int:
+    """num_conv_filters giving a penultimate width F (after two filter doublings).
+
+    For NASNet-A the normal cell concatenates 6 states of ``filters`` channels, so
+    F = 24 * num_conv_filters (the paper's "N @ F" notation).
+    """
+    multiple = 4 * width_per_filter(genotype)
     if width % multiple:
         raise ValueError(f"F={width} is not a multiple of {multiple} (4 x the normal cell's output "
                          f"width in filters) for this genotype; e.g. {width - width % multiple} or "

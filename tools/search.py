@@ -6,6 +6,9 @@
     tools/search.py --resume runs/ppo                 # after a crash / SIGKILL
     tools/search.py report runs/ppo runs/random --plot docs/search_fig6.png
     tools/search.py export runs/ppo --top 5 --output genotypes/
+    tools/search.py retrain runs/ppo --top 3 --config configs/classification/fashion_mnist_small.yaml \
+        solver.epochs 2                                # again after a kill: continues where it was
+    tools/search.py report runs/ppo --plot-retrained docs/retrained.png
     tools/search.py compare --seeds 5 --budget 2000   # strategies on the synthetic landscapes
 """
 
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 
 from nasnet_core.cli import tool_main
-from nasnet_core.config import SEARCH, load_config
+from nasnet_core.config import CLASSIFICATION, SEARCH, load_config
 
 
 def cmd_run(args) -> dict:
@@ -43,13 +46,24 @@ def cmd_resume(args) -> dict:
 
 
 def cmd_report(args) -> None:
-    """Print the best architectures of one or more runs and draw the Fig. 6 plot."""
-    from nasnet_core.search.report import best_table, load_run, plot_runs
+    """Print the best architectures of one or more runs and draw the Fig. 6 plot; with retrained
+    children also the retrained-accuracy vs reward table and (``--plot-retrained``) the Fig. 5 plot."""
+    from nasnet_core.search import report
 
-    runs = [load_run(d) for d in args.run_dirs]
-    print(best_table(runs, args.top))
+    if args.plot_retrained:  # checked before anything is printed or drawn
+        if len(args.run_dirs) != 1:
+            raise ValueError("--plot-retrained draws one run; give one run directory")
+        if Path(args.plot_retrained).exists() and not args.force:
+            raise ValueError(f"{args.plot_retrained} exists; pass --force to overwrite it")
+    runs = [report.load_run(d) for d in args.run_dirs]
+    print(report.best_table(runs, args.top))
+    for run in runs:
+        if report.retrained_rows(run):
+            print("\n" + report.retrained_table(run))
     if args.plot:
-        print(f"\nplot: {plot_runs(runs, args.plot)}")
+        print(f"\nplot: {report.plot_runs(runs, args.plot)}")
+    if args.plot_retrained:
+        print(f"\nretrained plot: {report.plot_retrained(runs[0], args.plot_retrained)}")
 
 
 def cmd_export(args) -> None:
@@ -59,6 +73,14 @@ def cmd_export(args) -> None:
     out = args.output or Path(args.run_dir) / "export"
     for path in export_top(load_run(args.run_dir), args.top, out, overwrite=args.force):
         print(path)
+
+
+def cmd_retrain(args) -> dict:
+    """Retrain the top-K children of a search with a classification config."""
+    from nasnet_core.search.retrain import retrain_top
+
+    cfg = load_config(args.config, list(args.overrides), schema=CLASSIFICATION)
+    return retrain_top(args.run_dir, args.top, cfg, args.output)
 
 
 def cmd_compare(args) -> None:
@@ -101,11 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("run_dirs", nargs="+")
     t.add_argument("--top", type=int, default=5, help="architectures per run in the table")
     t.add_argument("--plot", help="PNG path for the reward-vs-samples plot")
+    t.add_argument("--plot-retrained", metavar="PATH",
+                   help="PNG path for retrained accuracy vs mult-adds and vs reward (one run)")
+    t.add_argument("--force", action="store_true", help="overwrite the --plot-retrained file")
     e = sub.add_parser("export", help="write the top-K genotypes as JSON")
     e.add_argument("run_dir")
     e.add_argument("--top", type=int, default=1, help="how many of the best genotypes to write")
     e.add_argument("--output", help="output folder (default RUN_DIR/export)")
     e.add_argument("--force", action="store_true", help="overwrite existing topK.json files")
+    rt = sub.add_parser("retrain", help="train the top-K genotypes with a classification config")
+    rt.add_argument("run_dir")
+    rt.add_argument("--top", type=int, required=True, help="how many of the best distinct genotypes")
+    rt.add_argument("--config", required=True, help="classification YAML (configs/classification/)")
+    rt.add_argument("--output", help="results folder (default RUN_DIR/retrain)")
+    rt.add_argument("overrides", nargs="*", metavar="KEY VALUE",
+                    help="classification config overrides in pairs, e.g. solver.epochs 2")
     c = sub.add_parser("compare", help="strategies on the synthetic landscapes (samples to 90 %% of optimum)")
     c.add_argument("--seeds", type=int, default=5, help="strategy / landscape seeds")
     c.add_argument("--budget", type=int, default=2000, help="samples per strategy and seed")
@@ -118,13 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
 @tool_main
 def main(argv=None) -> int:
     """Entry point: exit code 2 and one error line for a bad config, run directory or file."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "retrain":  # pairs after RUN --top K --config C: argparse leaves them over
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.resume:
         args.run_dir, args.num_children = args.resume, None
         args.command = "resume"
     commands = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "export": cmd_export,
-                "compare": cmd_compare}
+                "retrain": cmd_retrain, "compare": cmd_compare}
     if args.command not in commands:
         build_parser().print_help()
         return 2
@@ -133,6 +170,8 @@ def main(argv=None) -> int:
     if summary is not None:
         summary["wall_seconds"] = round(time.time() - start, 1)
         print(json.dumps(summary))
+        if summary.get("failed") and args.command == "retrain":
+            return 1  # the errors are in the log and in RUN/retrain/results.json; rerun to retry
     return 0
 
 

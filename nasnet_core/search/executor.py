@@ -13,7 +13,10 @@ __all__ = ["Executor", "InProcessExecutor", "RayExecutor", "EXECUTORS", "make_ex
 
 
 class Executor:
-    """Interface: ``submit`` a child, ``wait`` for at least one result, ``shutdown``."""
+    """Interface: ``submit`` a child, ``wait`` for at least one result, ``shutdown``.
+
+    A backend runs ``job(reward_cfg, space_cfg, child_id, decisions, timeout)`` per child:
+    ``run_child`` for a search, ``retrain.retrain_job`` to retrain the top K."""
 
     slots = 1  # children that can run at the same time
 
@@ -36,8 +39,9 @@ class Executor:
 class InProcessExecutor(Executor):
     """Runs each child in this process, one at a time, in submission order."""
 
-    def __init__(self, reward_cfg: dict, space_cfg: dict, child_timeout: float | None = None, **_):
-        self.reward_cfg, self.space_cfg, self.timeout = reward_cfg, space_cfg, child_timeout
+    def __init__(self, reward_cfg: dict, space_cfg: dict, child_timeout: float | None = None,
+                 job: Callable = run_child, **_):
+        self.reward_cfg, self.space_cfg, self.timeout, self.job = reward_cfg, space_cfg, child_timeout, job
         self.queue: deque = deque()
 
     def submit(self, child_id: int, decisions: list[int]) -> None:
@@ -47,7 +51,7 @@ class InProcessExecutor(Executor):
     def wait(self) -> list[tuple[int, dict]]:
         """Run the oldest queued child now."""
         child_id, decisions = self.queue.popleft()
-        return [(child_id, run_child(self.reward_cfg, self.space_cfg, child_id, decisions, self.timeout))]
+        return [(child_id, self.job(self.reward_cfg, self.space_cfg, child_id, decisions, self.timeout))]
 
     def pending(self) -> int:
         """Queued children."""
@@ -59,7 +63,7 @@ class RayExecutor(Executor):
 
     def __init__(self, reward_cfg: dict, space_cfg: dict, address: str | None = None,
                  num_cpus: int | None = None, cpus_per_child: int = 1, gpus_per_child: float | None = None,
-                 max_retries: int = 3, child_timeout: float | None = None, **_):
+                 max_retries: int = 3, child_timeout: float | None = None, job: Callable = run_child, **_):
         try:
             import ray
         except ImportError:
@@ -80,8 +84,8 @@ class RayExecutor(Executor):
         if gpus_per_child is None:
             gpus_per_child = 1 if resources.get("GPU", 0) > 0 else 0
         self.reward_cfg, self.space_cfg, self.timeout = reward_cfg, space_cfg, child_timeout
-        self.task = ray.remote(run_child).options(num_cpus=cpus_per_child, num_gpus=gpus_per_child,
-                                                  max_retries=max_retries, retry_exceptions=False)
+        self.task = ray.remote(job).options(num_cpus=cpus_per_child, num_gpus=gpus_per_child,
+                                            max_retries=max_retries, retry_exceptions=False)
         by_cpu = int(resources.get("CPU", 1) // max(cpus_per_child, 1e-9))
         by_gpu = int(resources.get("GPU", 0) // gpus_per_child) if gpus_per_child else by_cpu
         self.slots = max(1, min(by_cpu, by_gpu))

@@ -9,7 +9,8 @@ from ..fileio import atomic_write, atomic_write_text
 from .runner import topk_means
 from .store import RunStore
 
-__all__ = ["load_run", "best_table", "plot_runs", "export_top"]
+__all__ = ["load_run", "best_table", "plot_runs", "export_top", "spearman", "retrained_rows",
+           "retrained_table", "plot_retrained"]
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -115,3 +116,103 @@ def export_top(run: dict, top: int, out_dir: str | Path, overwrite: bool = False
     for path, text in zip(paths, texts):
         atomic_write_text(path, text)
     return paths
+
+
+# ---- retrained top K (paper section 4.1, Fig. 5) -----------------------------------------------
+def _ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman rank correlation of ``x`` and ``y`` (None below 3 pairs or for a constant list)."""
+    if len(x) != len(y):
+        raise ValueError(f"spearman needs lists of one length, got {len(x)} and {len(y)}")
+    if len(x) < 3:
+        return None
+    rx, ry = _ranks(list(x)), _ranks(list(y))
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return None if sxx == 0 or syy == 0 else sxy / (sxx * syy) ** 0.5
+
+
+def retrained_rows(run: dict) -> list[dict]:
+    """The run's retrained children (``RUN/retrain/results.json``) of its last retrain, by rank."""
+    from .retrain import load_results
+
+    state = load_results(Path(run["run_dir"]) / "retrain")
+    if state is None:
+        return []
+    return sorted((state["children"][str(c)] for c in state["top"]), key=lambda e: e["rank"])
+
+
+def retrained_table(run: dict) -> str:
+    """Markdown table: rank by search reward, reward, retrained top-1, mult-adds, params; Spearman."""
+    rows = retrained_rows(run)
+    lines = [f"retrained top {len(rows)} of {run['label']}:", "",
+             "| rank (reward) | child | reward | retrained top-1 (%) | rank (retrained) | mult-adds (M) | "
+             "params (M) | epochs |", "|---|---|---|---|---|---|---|---|"]
+    done = [e for e in rows if e["status"] == "done"]
+    by_acc = {e["child"]: i for i, e in enumerate(sorted(done, key=lambda e: (-e["top1"], e["rank"])), 1)}
+    for e in rows:
+        if e["status"] != "done":
+            lines.append(f"| {e['rank']} | {e['child']} | {e['reward']:.4f} | {e['status']} | - | - | - | "
+                         "- |")
+            continue
+        lines.append(f"| {e['rank']} | {e['child']} | {e['reward']:.4f} | {e['top1']:.2f} | "
+                     f"{by_acc[e['child']]} | {e['mult_adds'] / 1e6:.2f} | {e['params'] / 1e6:.3f} | "
+                     f"{e['epochs']} |")
+    rho = spearman([e["reward"] for e in done], [e["top1"] for e in done])
+    lines.append("")
+    lines.append(f"Spearman rank correlation, search reward vs retrained top-1 ({len(done)} children): "
+                 + ("- (needs 3 distinct)" if rho is None else f"{rho:.3f}"))
+    if done:
+        best = min(done, key=lambda e: by_acc[e["child"]])
+        lines.append(f"best after retraining: child {best['child']} (reward rank {best['rank']}), "
+                     f"top-1 {best['top1']:.2f} %")
+    return "\n".join(lines)
+
+
+def plot_retrained(run: dict, out: str | Path, title: str | None = None) -> Path:
+    """Paper Fig. 5 style: retrained top-1 vs mult-adds, one labelled point per child; and vs reward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [e for e in retrained_rows(run) if e["status"] == "done"]
+    if not done:
+        raise ValueError(f"{run['run_dir']} has no retrained child to plot (run tools/search.py retrain)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, scale, xlabel in ((left, "mult_adds", 1e-6, "mult-adds (millions)"),
+                                   (right, "reward", 1.0, "search reward (held-out accuracy)")):
+        xs, ys = [e[key] * scale for e in done], [e["top1"] for e in done]
+        ax.scatter(xs, ys, s=30, color="C0", zorder=3)
+        for e, x, y in zip(done, xs, ys):
+            ax.annotate(f"#{e['rank']} (child {e['child']})", (x, y), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+        ax.margins(x=0.15, y=0.15)  # room for the labels
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("retrained top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+    left.set_title("accuracy vs mult-adds (paper Fig. 5 style)", fontsize=9)
+    rho = spearman([e["reward"] for e in done], [e["top1"] for e in done])
+    right.set_title("retrained vs search reward" + ("" if rho is None else f" (Spearman {rho:.2f})"),
+                    fontsize=9)
+    fig.suptitle(title or f"retrained top {len(done)} of {run['label']}", fontsize=10)
+    fig.tight_layout()
+    try:
+        return atomic_write(out, lambda f: fig.savefig(f, dpi=120, format=Path(out).suffix[1:] or "png"))
+    finally:
+        plt.close(fig)
