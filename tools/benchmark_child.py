@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (crop/flip)")
     p.add_argument("--full", action="store_true", help="train one full 20-epoch child on 45k images")
     args = p.parse_args(argv)
+    if args.dataset != "random" and not args.data_dir:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir (the folder holding its files)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, key="--device").type
