@@ -12,7 +12,7 @@ import functools
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line", "parse_with_overrides"]
+__all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line", "parse_with_overrides", "positive_int"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
@@ -56,6 +56,17 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | 
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     setattr(args, dest, [*(getattr(args, dest) or []), *rest])
     return args
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts and sizes: an integer >= 1 (argparse's one error line otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _is_number(text: str) -> bool:

@@ -174,3 +174,19 @@ def test_config_check_is_a_config_error():
     cfg = tiny_cfg(__import__("pathlib").Path("."), "cifar10", "x", **{"train.eval_every": 0})
     with pytest.raises(ConfigError, match="'train.eval_every' must be in"):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("tool,argv,arg", [
+    ("benchmark_models", ["--iters", "0"], "--iters"),
+    ("benchmark_models", ["--threads", "1", "0"], "--threads"),
+    ("benchmark_training", ["--batch-size", "-4"], "--batch-size"),
+    ("benchmark_training", ["--device", "gpu"], "--device"),
+    ("benchmark_child", ["--images", "0"], "--images"),
+    ("benchmark_child", ["--children", "two"], "--children"),
+])
+def test_benchmark_counts_must_be_positive(tool, argv, arg, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_tool(tool).main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and f"error: argument {arg}" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
