@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
 from typing import Any
 
 from .genotype import get_genotype
@@ -114,9 +115,9 @@ def get_config(name: str, **overrides) -> ModelConfig:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -125,14 +126,14 @@ def check_model_config(cfg: ModelConfig) -> None:
         _positive_int(name, getattr(cfg, name))
     if cfg.num_cells % 3:
         raise ValueError(f"num_cells must be a multiple of 3 (3 N), got {cfg.num_cells}")
-    if isinstance(cfg.num_classes, bool) or not isinstance(cfg.num_classes, int) or cfg.num_classes < 0:
+    if isinstance(cfg.num_classes, bool) or not isinstance(cfg.num_classes, Integral) or cfg.num_classes < 0:
         raise ValueError(f"num_classes must be an integer >= 0, got {cfg.num_classes!r}")
     checks = (("stem_multiplier", cfg.stem_multiplier > 0, "> 0"),
               ("drop_path_keep_prob", 0 < cfg.drop_path_keep_prob <= 1, "in (0, 1]"),
               ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"))
     for name, ok, rule in checks:
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
+        if isinstance(value, bool) or not isinstance(value, Real) or not ok:
             raise ValueError(f"{name} must be a number {rule}, got {value!r}")
 
 
