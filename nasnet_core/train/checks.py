@@ -24,6 +24,7 @@ TOGGLES = {"auto": None, "on": True, "off": False}
 
 def _between(lo, hi, lo_open=False, hi_open=False):
     def ok(v):
+        """Whether ``v`` lies in the interval."""
         return (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
     left, right = "(" if lo_open else "[", ")" if hi_open or hi is None else "]"
     return ok, f"in {left}{lo}, {'inf' if hi is None else hi}{right}"
