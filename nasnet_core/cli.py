@@ -7,11 +7,12 @@ tool prints a traceback for input it rejects.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line"]
+__all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line", "parse_with_overrides", "positive_int"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
@@ -42,3 +43,35 @@ def tool_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
     def wrapper(argv: Sequence[str] | None = None) -> int:
         return run_tool(main, argv)
     return wrapper
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+                         dest: str = "overrides") -> argparse.Namespace:
+    """``parser.parse_args`` for a tool with trailing ``KEY VALUE`` overrides (positional ``dest``):
+    pairs given after options too (``--config c.yaml solver.epochs 1 --output X train.threads 1``)
+    join ``dest``; an unknown option is still an argparse error."""
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if a.startswith("-") and not _is_number(a)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    setattr(args, dest, [*(getattr(args, dest) or []), *rest])
+    return args
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts and sizes: an integer >= 1 (argparse's one error line otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

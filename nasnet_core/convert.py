@@ -116,7 +116,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike: an unreadable file
+            raise ValueError(f"cannot read safetensors file {path}: {type(e).__name__}: {e}") from None
     return _extract_state(read_checkpoint(path), path)
 
 

@@ -4,21 +4,45 @@ a truncated one), the one checkpoint writer (``atomic_torch_save``) and reader (
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
-           "read_checkpoint", "read_yaml_mapping"]
+           "read_checkpoint", "read_yaml_mapping", "remove_stale_temps", "file_mode"]
+
+_UMASK_LOCK = threading.Lock()
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+"""Names ``atomic_write`` gives its temp files: ``.<name>.<random>.tmp``."""
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask."""
+    with _UMASK_LOCK:  # reading the umask means setting it; no other thread sees the 0
+        mask = os.umask(0)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _writable_target(path: Path) -> None:
+    """ValueError (a user error: one line from the tools) when ``path`` cannot be a file."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file path to write")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
+    _writable_target(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"cannot write {path}: {path.parent} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp creates 0600; a written file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -28,6 +52,19 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files a killed ``atomic_write`` left in ``folder``; returns them.
+
+    Only for a folder no other process is writing to (a training run's, at its start)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.iterdir() if p.is_file() and _TEMP_NAME.match(p.name))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -317,18 +317,34 @@ def get_genotype(spec: Genotype | str | dict | Path) -> Genotype:
     if isinstance(spec, dict):
         return Genotype.from_dict(spec)
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith(".json")):
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"genotype file not found: {path}")
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and "genotype" in data:  # search exports wrap it with metadata
-            data = data["genotype"]
-        return Genotype.from_dict(data) if isinstance(data, dict) else Genotype.from_string(data)
+        return _genotype_file(Path(spec))
     if isinstance(spec, str):
         if spec in GENOTYPES:
             return GENOTYPES[spec]
         if ":" in spec:
-            return Genotype.from_string(spec)
+            try:
+                return Genotype.from_string(spec)
+            except GenotypeError as e:  # name the text (a typo'd file name lands here too)
+                raise GenotypeError(f"genotype text {spec[:60]!r}: {e}") from None
         raise GenotypeError(f"unknown genotype {spec!r}; known: {', '.join(GENOTYPES)} "
                             "(or pass the text form, a dict or a .json path)")
     raise GenotypeError(f"cannot make a genotype from {type(spec).__name__}")
+
+
+def _genotype_file(path: Path) -> Genotype:
+    """The genotype in a JSON file (object, search export or text form); errors name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"genotype file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenotypeError(f"genotype file {path} is not valid JSON: {e}") from None
+    if isinstance(data, dict) and "genotype" in data:  # search exports wrap it with metadata
+        data = data["genotype"]
+    if not isinstance(data, (dict, str)):
+        raise GenotypeError(f"genotype file {path} must hold a JSON object with 'normal' and 'reduce' "
+                            f"(or the text form as a string), got a JSON {type(data).__name__}")
+    try:
+        return Genotype.from_dict(data) if isinstance(data, dict) else Genotype.from_string(data)
+    except GenotypeError as e:
+        raise GenotypeError(f"genotype file {path}: {e}") from None

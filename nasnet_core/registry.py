@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from numbers import Integral, Real
 from typing import Any
 
 from .genotype import get_genotype
 from .layers import PAD_MODES
 from .network import NASNet
 from .ops import OpContext
+from .plan import make_plan, spatial_after
 
 __all__ = ["ModelConfig", "MODELS", "create_model", "list_models", "register_model", "get_config",
-           "width_per_filter"]
+           "width_per_filter", "model_spec", "check_model_config", "min_image_size"]
 
 
 @dataclass(frozen=True)
@@ -104,12 +106,35 @@ def get_config(name: str, **overrides) -> ModelConfig:
     if n is not None:
         if "num_cells" in overrides:
             raise ValueError("give N or num_cells, not both")
-        cfg = replace(cfg, num_cells=3 * int(n))
+        cfg = replace(cfg, num_cells=3 * _positive_int("N", n))
     if f is not None:
         if "num_conv_filters" in overrides:
             raise ValueError("give F or num_conv_filters, not both")
-        cfg = replace(cfg, num_conv_filters=filters_for_width(cfg.genotype, int(f)))
+        cfg = replace(cfg, num_conv_filters=filters_for_width(cfg.genotype, _positive_int("F", f)))
     return cfg
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Raise ValueError naming the first field of ``cfg`` no network can be built with."""
+    for name in ("num_cells", "num_conv_filters", "in_chans", "image_size", "total_training_steps"):
+        _positive_int(name, getattr(cfg, name))
+    if cfg.num_cells % 3:
+        raise ValueError(f"num_cells must be a multiple of 3 (3 N), got {cfg.num_cells}")
+    if isinstance(cfg.num_classes, bool) or not isinstance(cfg.num_classes, Integral) or cfg.num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0, got {cfg.num_classes!r}")
+    checks = (("stem_multiplier", cfg.stem_multiplier > 0, "> 0"),
+              ("drop_path_keep_prob", 0 < cfg.drop_path_keep_prob <= 1, "in (0, 1]"),
+              ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"))
+    for name, ok, rule in checks:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, Real) or not ok:
+            raise ValueError(f"{name} must be a number {rule}, got {value!r}")
 
 
 def width_per_filter(genotype) -> int:
@@ -121,6 +146,16 @@ def width_per_filter(genotype) -> int:
         # NASNet-B (four-input) cells: F counts each of the four outputs as ``filters`` wide
         per_filter += 2 if n_in == 2 and s >= 2 and g.normal.blocks[s - 2].combine == "concat" else 1
     return per_filter
+
+
+def model_spec(cfg: ModelConfig) -> dict[str, Any]:
+    """Every create_model override that rebuilds ``cfg``'s network, self-contained: the genotype as
+    text (never a file path), N and F, and every other field (not the default input statistics)."""
+    skip = {"paper", "mean", "std", "crop_pct", "genotype", "num_cells", "num_conv_filters"}
+    spec = {"genotype": get_genotype(cfg.genotype).to_string(), "N": cfg.num_cells // 3,
+            "F": cfg.num_conv_filters * 4 * width_per_filter(cfg.genotype)}
+    spec.update({k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in skip})
+    return spec
 
 
 def filters_for_width(genotype, width: int) -> int:
@@ -143,6 +178,18 @@ _NETWORK_ARGS = ("num_cells", "num_conv_filters", "stem", "stem_multiplier", "nu
 """ModelConfig fields passed to ``NASNet`` under the same name."""
 
 
+def min_image_size(cfg: ModelConfig, genotype) -> int:
+    """The smallest square input a NASNet of ``cfg`` takes (VALID 3x3 ImageNet stem; aux head 5x5 map)."""
+    plan = make_plan(genotype, cfg.num_cells, cfg.num_conv_filters, cfg.stem, cfg.stem_multiplier,
+                     cfg.in_chans, cfg.skip_reduction_layer_input, num_classes=cfg.num_classes)
+    size = 3 if plan.stem.kind == "imagenet" else 1
+    if cfg.aux_head:
+        stride = next(c.stride for c in plan.cells if c.name == plan.head.aux_after)
+        while spatial_after(size, stride, plan.stem) < 5:
+            size += 1
+    return size
+
+
 def _nasnet_b():
     from .network_b import NASNetB  # its own module, built on network.py's stem and aux head
     return NASNetB
@@ -154,11 +201,18 @@ def create_model(name: str, **overrides) -> NASNet:
     ``genotype`` takes a Genotype, a registered name, its text form, a dict or a JSON path.
     """
     cfg = get_config(name, **overrides)
+    check_model_config(cfg)
     if cfg.pad_mode not in PAD_MODES:
         raise ValueError(f"unknown pad_mode {cfg.pad_mode!r}; known: {', '.join(PAD_MODES)}")
     ctx = OpContext(norm=cfg.norm, bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum,
                     pad_mode=cfg.pad_mode)
     genotype = get_genotype(cfg.genotype)
+    if genotype.normal.num_inputs == 2:
+        smallest = min_image_size(cfg, genotype)
+        if cfg.image_size < smallest:
+            why = "its aux head needs a 5x5 map; or aux_head=False" if cfg.aux_head else "the stem's 3x3 conv"
+            raise ValueError(f"image_size {cfg.image_size} is too small for {name} at these settings: "
+                             f"use at least {smallest} ({why})")
     network = NASNet if genotype.normal.num_inputs == 2 else _nasnet_b()  # four-input cells: NASNet-B
     model = network(genotype, ctx=ctx, **{k: getattr(cfg, k) for k in _NETWORK_ARGS})
     model.default_cfg = cfg

@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--genotype", help="registered name, text form or JSON path")
     ap.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
     args = ap.parse_args(argv)
+    if args.image_size is not None and args.image_size < 1:
+        raise ValueError(f"--image-size must be a positive integer, got {args.image_size}")
     overrides = {"aux_head": args.aux_head}
     for key in ("N", "F", "genotype", "num_classes"):
         if getattr(args, key) is not None:
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
           f"{'paper mult-adds':>15s}")
     for name in names:
         model = nc.create_model(name, **overrides)
-        size = args.image_size or model.image_size
+        size = args.image_size if args.image_size is not None else model.image_size
         c = nc.complexity(model, size)
         paper = model.default_cfg.paper
         pp = _fmt(paper["params"]) if "params" in paper else "-"

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from nasnet_core.cli import tool_main
+from nasnet_core.cli import positive_int, tool_main
 from nasnet_core.search import make_space
 from nasnet_core.search.child import load_child_data, prepare_child_data, train_child
 from nasnet_core.train.trainer import resolve_device
@@ -43,15 +43,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="random", choices=["random", "cifar10", "fashion_mnist"])
     p.add_argument("--data-dir", help="dataset folder (cifar10 / fashion_mnist)")
-    p.add_argument("--num-conv-filters", type=int, default=20, help="child width (paper: 'small'; not given)")
-    p.add_argument("--batch-size", type=int, default=32, help="SGD batch size")
-    p.add_argument("--images", type=int, default=640, help="training images timed per child")
-    p.add_argument("--children", type=int, default=3, help="random genotypes to time")
+    p.add_argument("--num-conv-filters", type=positive_int, default=20, help="child width (paper: 'small'; "
+                   "not given)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="SGD batch size")
+    p.add_argument("--images", type=positive_int, default=640, help="training images timed per child")
+    p.add_argument("--children", type=positive_int, default=3, help="random genotypes to time")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes (crop/flip)")
     p.add_argument("--full", action="store_true", help="train one full 20-epoch child on 45k images")
     args = p.parse_args(argv)
+    if args.dataset != "random" and not args.data_dir:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir (the folder holding its files)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, key="--device").type

@@ -25,7 +25,7 @@ import time
 import torch
 
 import nasnet_core as nc
-from nasnet_core.cli import tool_main
+from nasnet_core.cli import positive_int, tool_main
 from nasnet_core.inference import optimize_for_inference
 
 PAIRS = {
@@ -139,14 +139,14 @@ def main(argv=None) -> int:
     """Run the benchmark and print the ratio tables."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["mobile"], choices=list(PAIRS), help="pairs to time")
-    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="CPU thread counts")
-    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8], help="CPU batch sizes")
-    ap.add_argument("--iters", type=int, default=15, help="timed CPU iterations per variant")
+    ap.add_argument("--threads", nargs="+", type=positive_int, default=[1, 2], help="CPU thread counts")
+    ap.add_argument("--batch-sizes", nargs="+", type=positive_int, default=[1, 8], help="CPU batch sizes")
+    ap.add_argument("--iters", type=positive_int, default=15, help="timed CPU iterations per variant")
     ap.add_argument("--warmup", type=int, default=3, help="untimed CPU iterations first")
     ap.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime column")
     ap.add_argument("--gpu", action="store_true", help="also run the CUDA throughput benchmark")
-    ap.add_argument("--batch-size", type=int, default=32, help="images per step of the GPU benchmark")
-    ap.add_argument("--gpu-iters", type=int, default=10, help="timed GPU steps")
+    ap.add_argument("--batch-size", type=positive_int, default=32, help="images per GPU benchmark step")
+    ap.add_argument("--gpu-iters", type=positive_int, default=10, help="timed GPU steps")
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}; medians of {args.iters} interleaved runs")
     with tempfile.TemporaryDirectory() as folder:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import nasnet_core as nc
-from nasnet_core.cli import tool_main
+from nasnet_core.cli import positive_int, tool_main
 from nasnet_core.config import load_config
 from nasnet_core.train.data import DatasetInfo
 from nasnet_core.train.optim import ModelEMA, build_optimizer, smoothed_cross_entropy
@@ -98,9 +98,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=["large", "mobile"], choices=list(RECIPES))
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
-    ap.add_argument("--batch-size", type=int, default=32, help="images per step")
-    ap.add_argument("--iters", type=int, default=10, help="timed steps")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    choices=["cpu", "cuda"])
+    ap.add_argument("--batch-size", type=positive_int, default=32, help="images per step")
+    ap.add_argument("--iters", type=positive_int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--image-size", type=int, default=0, help="override the recipe's crop size")
     ap.add_argument("--N", type=int, default=0, help="override N (smoke runs)")

@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="overwrite an existing output")
     args = ap.parse_args(argv)
     out = Path(args.output)
+    if out.is_dir():
+        raise ValueError(f"--output {out} is a directory; give the checkpoint file to write")
     if out.exists() and not args.force:
         raise ValueError(f"{out} exists; pass --force to overwrite")
     state = nc.read_state_dict(args.input)

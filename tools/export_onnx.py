@@ -21,6 +21,7 @@ An existing output is kept unless ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
     ap.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed")
     args = ap.parse_args(argv)
+    if os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output} is a directory; give the .onnx file to write")
     if (args.model is None) == (args.config_file is None):
         raise ValueError("give --model (a classifier) or --config-file (a detector), not both or neither")
     if args.config_file:

@@ -8,6 +8,12 @@
     python tools/train_classifier.py --config ... --resume            # continue runs/.../last.pth
     python tools/train_classifier.py --config ... --resume-from runs/.../epoch_0100.pth
     python tools/train_classifier.py --config ... --eval-only runs/.../backbone.pth
+    python tools/train_classifier.py --config ... --force             # overwrite the run in output_dir
+
+An output folder that already holds a run (config.yaml, last.pth, metrics.json or backbone.pth)
+is refused unless --resume (continue it) or --force (overwrite it). KEY VALUE overrides may come
+before or after the options. A diverged run (non-finite loss or weights) stops with one line
+naming the step; last.pth stays the last good checkpoint, for --resume.
 
 Writes config.yaml, last.pth (every epoch, atomically), metrics.json, tb/ (TensorBoard) and,
 at the end, backbone.pth (nasnet_core checkpoint for nasnet_core.load_checkpoint / MODEL.WEIGHTS).
@@ -19,7 +25,7 @@ import argparse
 import json
 import sys
 
-from nasnet_core.cli import tool_main
+from nasnet_core.cli import parse_with_overrides, tool_main
 from nasnet_core.config import load_config
 from nasnet_core.train import Trainer
 
@@ -33,8 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pth")
     ap.add_argument("--resume-from", metavar="CKPT", help="continue from this training checkpoint")
     ap.add_argument("--eval-only", metavar="CKPT", help="evaluate a checkpoint (top-1 / top-5) and exit")
+    ap.add_argument("--force", action="store_true", help="train into an output folder holding a run, "
+                    "overwriting it")
     ap.add_argument("overrides", nargs="*", help="KEY VALUE pairs, e.g. solver.lr 0.05 model.N 2")
-    return ap.parse_args(argv)
+    return parse_with_overrides(ap, argv)
 
 
 @tool_main
@@ -50,7 +58,10 @@ def main(argv=None) -> int:
             extra += ["train.output_dir", args.output]
         cfg = load_config(args.config, extra)
         resume = args.resume_from or args.resume or None
-        trainer = Trainer(cfg, resume=None if args.eval_only else resume)
+        if args.eval_only:  # writes nothing: the output folder may hold a run
+            trainer = Trainer(cfg, force=True)
+        else:
+            trainer = Trainer(cfg, resume=resume, force=args.force)
         if args.eval_only:
             res = trainer.evaluate_checkpoint(args.eval_only)
             if trainer.rank == 0:

@@ -1,4 +1,5 @@
-"""Training checkpoints: checking what was read, and RNG state capture (exact resume)."""
+"""Training checkpoints: checking what was read, RNG state capture (exact resume), the run folder
+guard (no silent overwrite), the finite-weights guard and the shape check of a resume."""
 
 from __future__ import annotations
 
@@ -8,9 +9,73 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..convert import CheckpointMismatch
 from ..fileio import read_checkpoint
 
-__all__ = ["load_training_checkpoint", "is_training_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["load_training_checkpoint", "is_training_checkpoint", "rng_state", "set_rng_state", "RUN_FILES",
+           "RunExistsError", "TrainingDiverged", "check_output_dir", "diverged", "nonfinite_tensors",
+           "first_mismatch", "load_weights"]
+
+RUN_FILES = ("config.yaml", "last.pth", "metrics.json", "backbone.pth")
+"""Files whose presence makes a folder a training run's."""
+
+
+class RunExistsError(ValueError):
+    """The output folder holds a run and neither resume nor force was given."""
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became non-finite; nothing non-finite was written."""
+
+
+def check_output_dir(out: str | Path, resume: bool, force: bool) -> None:
+    """RunExistsError when ``out`` holds a training run and neither ``resume`` nor ``force`` is set."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"output folder {out} is a file")
+    if resume or force or not out.is_dir():
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise RunExistsError(f"{out} already holds a training run ({', '.join(found)}); pass --resume to "
+                             "continue it or --force to overwrite it, or choose another --output")
+
+
+def diverged(what: str, step: int, last: Path) -> TrainingDiverged:
+    """The one-line error of a diverged run: what, the step, and the last good checkpoint ``last``."""
+    good = (f"the last good checkpoint is {last} (epoch {load_training_checkpoint(last)['epoch']}); "
+            "continue from it with --resume and a lower solver.lr" if last.exists() else
+            "no checkpoint was written; lower solver.lr")
+    return TrainingDiverged(f"training diverged at step {step}: {what}; {good}")
+
+
+def nonfinite_tensors(obj) -> tuple[int, int]:
+    """(non-finite, all) floating-point tensors in a nested dict / list of tensors."""
+    if isinstance(obj, torch.Tensor):
+        return (int(not bool(torch.isfinite(obj).all())), 1) if obj.is_floating_point() else (0, 0)
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    bad = total = 0
+    for v in items:
+        b, t = nonfinite_tensors(v)
+        bad, total = bad + b, total + t
+    return bad, total
+
+
+def first_mismatch(model_state: dict, ckpt_state: dict, path: str | Path) -> str | None:
+    """One line naming the first key where ``ckpt_state`` does not fit ``model_state`` (names, shapes)."""
+    for key, value in ckpt_state.items():
+        if key not in model_state:
+            return f"checkpoint {path} does not fit the configured model: unexpected key {key}"
+        want = tuple(model_state[key].shape)
+        if tuple(value.shape) != want:
+            return (f"checkpoint {path} does not fit the configured model: {key} has shape "
+                    f"{tuple(value.shape)} in the checkpoint, {want} in the model (another N, F or "
+                    "genotype? use the run's own config.yaml)")
+    missing = [k for k in model_state if k not in ckpt_state]
+    if missing:
+        return f"checkpoint {path} does not fit the configured model: {len(missing)} model keys missing, " \
+               f"first {missing[0]}"
+    return None
 
 
 def is_training_checkpoint(ckpt) -> bool:
@@ -42,3 +107,11 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """``model.load_state_dict(state)``; CheckpointMismatch naming the first key that does not fit."""
+    report = first_mismatch(model.state_dict(), state, path)
+    if report:
+        raise CheckpointMismatch(report)
+    model.load_state_dict(state)

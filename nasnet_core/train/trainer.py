@@ -17,17 +17,18 @@ from tqdm import tqdm
 from .. import registry
 from ..config import flatten, write_config
 from ..convert import load_checkpoint, save_checkpoint
-from ..fileio import atomic_torch_save, atomic_write_text, read_checkpoint
-from .checkpoint import is_training_checkpoint, load_training_checkpoint, rng_state, set_rng_state
+from ..fileio import atomic_torch_save, atomic_write_text, read_checkpoint, remove_stale_temps
+from . import checkpoint as ck
+from .checkpoint import TrainingDiverged
+from .checks import TOGGLES, check_config, resolve_device, self_contained, toggle
 from .data import build_dataset, build_loader
 from .optim import LRSchedule, ModelEMA, build_optimizer, smoothed_cross_entropy
 
-__all__ = ["Trainer", "model_overrides", "accuracy_counts", "resolve_device", "TOGGLES"]
+__all__ = ["Trainer", "TrainingDiverged", "model_overrides", "accuracy_counts", "resolve_device", "TOGGLES"]
 
 # Keys that may differ between a run and its resumption without changing the result.
 _RESUME_FREE = {"data.path", "data.workers", "data.pin_memory", "train.output_dir", "train.threads",
                 "train.device", "train.log_every", "train.keep_every"}
-TOGGLES = {"auto": None, "on": True, "off": False}
 
 
 def model_overrides(cfg: dict, info, total_steps: int) -> dict:
@@ -48,34 +49,16 @@ def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> li
     return [int(hit[:, :k].any(1).sum()) for k in ks]
 
 
-def resolve_device(name: str, index: int = 0, key: str = "train.device") -> torch.device:
-    """The torch device of a config value: auto (CUDA when visible) | cpu | cuda (``index``-th GPU)."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"{key} must be auto, cpu or cuda, got {name!r}")
-    use_cuda = torch.cuda.is_available() if name == "auto" else name == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"{key} is cuda but no CUDA device is available")
-    return torch.device("cuda", index) if use_cuda else torch.device("cpu")
-
-
-def _check_finite(loss: float, where: str) -> None:
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss} {where}; lower solver.lr")
-
-
-def _toggle(value: str, default: bool, key: str) -> bool:
-    if value not in TOGGLES:
-        raise ValueError(f"{key} must be one of {', '.join(TOGGLES)}, got {value!r}")
-    return default if TOGGLES[value] is None else TOGGLES[value]
-
-
 class Trainer:
     """Builds data, model, optimizer, schedule and EMA from a config and runs training."""
 
     def __init__(self, cfg: dict, resume: str | Path | bool | None = None,
-                 log: Callable[[str], None] | None = None):
-        self.cfg = cfg
+                 log: Callable[[str], None] | None = None, force: bool = False):
+        """``resume``: True (``<output_dir>/last.pth``) or a checkpoint path; ``force``: train into a
+        folder that holds a run (else RunExistsError before anything is built)."""
+        cfg = self.cfg = self_contained(check_config(cfg))
         t, s = cfg["train"], cfg["solver"]
+        ck.check_output_dir(t["output_dir"], bool(resume), force)
         self._setup_distributed(t["device"])
         if cfg["model"]["norm"] == "SyncBN" and self.world > 1 and self.device.type == "cpu":
             raise ValueError("model.norm SyncBN needs CUDA under DDP (torch's SyncBatchNorm has no CPU "
@@ -90,8 +73,8 @@ class Trainer:
         else:
             torch.backends.cudnn.benchmark = self.device.type == "cuda"
         cuda = self.device.type == "cuda"
-        self.amp = _toggle(t["amp"], cuda, "train.amp")
-        self.channels_last = _toggle(t["channels_last"], cuda, "train.channels_last")
+        self.amp = toggle(t["amp"], cuda, "train.amp")
+        self.channels_last = toggle(t["channels_last"], cuda, "train.channels_last")
         self.out = Path(t["output_dir"])
 
         # Data first: a bad path or file fails here, before anything is built or written.
@@ -123,7 +106,9 @@ class Trainer:
         torch.manual_seed(t["seed"] * 1000 + self.rank + 1)
         self.epoch, self.step, self.history = 0, 0, []
         self.writer = None
-        if resume:
+        if resume is True and not (self.out / "last.pth").exists():
+            self.log(f"no checkpoint in {self.out} yet: starting from the beginning")
+        elif resume:
             self._resume(self.out / "last.pth" if resume is True else Path(resume))
 
     # ---------------------------------------------------------------- setup
@@ -151,40 +136,52 @@ class Trainer:
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: weights, EMA, optimizer, step, RNG states."""
-        rngs = [rng_state()]
+        rngs = [ck.rng_state()]
         if self.world > 1:
             rngs = [None] * self.world
-            dist.all_gather_object(rngs, rng_state())
+            dist.all_gather_object(rngs, ck.rng_state())
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
                 "optimizer": self.optimizer.state_dict(), "schedule": {"step": self.step},
                 "epoch": self.epoch, "step": self.step, "config": self.cfg, "arch": self.arch,
-                "model_overrides": self.overrides, "rng": rngs, "history": self.history}
+                "model_overrides": self.overrides, "model_spec": registry.model_spec(self.model.default_cfg),
+                "rng": rngs, "history": self.history}
 
     def _resume(self, path: Path) -> None:
-        ckpt = load_training_checkpoint(path)
+        ckpt = ck.load_training_checkpoint(path)
         old, new = flatten(ckpt["config"]), flatten(self.cfg)
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_FREE)
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed)
             self.log(f"warning: resuming with changed config keys (the run will not match an "
                      f"uninterrupted one): {diffs}")
-        self.model.load_state_dict(ckpt["model"])
+        self._load_weights(ckpt["model"], path)
         if self.ema is not None and ckpt["ema"] is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.step, self.history = ckpt["epoch"], ckpt["step"], ckpt["history"]
         rngs = ckpt["rng"]
         if len(rngs) == self.world:
-            set_rng_state(rngs[self.rank])
+            ck.set_rng_state(rngs[self.rank])
         else:
             self.log(f"warning: checkpoint has RNG states of {len(rngs)} process(es), this run has "
                      f"{self.world}; dropout / drop-path streams are reseeded")
             torch.manual_seed(self.cfg["train"]["seed"] * 1000 + self.rank + 1 + self.step)
         self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
 
+    def _load_weights(self, state: dict, path) -> None:
+        ck.load_weights(self.model, state, path)
+
+    def _check_finite(self, loss: float, where: str) -> None:
+        if not math.isfinite(loss):
+            raise ck.diverged(f"loss is {loss} {where}", self.step, self.out / "last.pth")
+
     def save(self, name: str = "last.pth") -> Path | None:
-        """Write a training checkpoint atomically (rank 0 only)."""
+        """Write a training checkpoint atomically (rank 0 only); never one holding non-finite tensors."""
         state = self.state_dict()
+        bad, total = ck.nonfinite_tensors({k: state[k] for k in ("model", "ema", "optimizer")})
+        if bad:
+            raise ck.diverged(f"{bad} of {total} weight / optimizer tensors are not finite", self.step,
+                              self.out / "last.pth")
         if self.rank != 0:
             return None
         return atomic_torch_save(state, self.out / name)
@@ -197,7 +194,8 @@ class Trainer:
         src = self.ema.module if self.ema is not None else self.model
         state = {k: v.detach().cpu().contiguous() for k, v in src.state_dict().items()
                  if not k.startswith("aux_head.")}
-        config = {k: v for k, v in self.overrides.items() if k != "total_training_steps"}
+        config = {k: v for k, v in registry.model_spec(self.model.default_cfg).items()
+                  if k != "total_training_steps"}
         return save_checkpoint(path or self.out / "backbone.pth", state, self.arch, config=config,
                                ema=self.ema is not None, epoch=self.epoch, step=self.step)
 
@@ -245,13 +243,13 @@ class Trainer:
             seen += len(y)
             if self.step % self.cfg["train"]["log_every"] == 0 or self.step == self.total_steps:
                 value = loss.item()
-                _check_finite(value, f"at step {self.step}")
+                self._check_finite(value, f"at step {self.step}")
                 keep = min(self.model.drop_path_keep_probs())
                 self._scalar("train/loss", value, self.step)
                 self._scalar("train/lr", lr, self.step)
                 self._scalar("train/drop_path_keep", keep, self.step)
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}", keep=f"{keep:.3f}")
-        _check_finite(total_loss.item(), f"in epoch {self.epoch + 1}")  # before any checkpoint is written
+        self._check_finite(total_loss.item(), f"in epoch {self.epoch + 1}")  # before a checkpoint is written
         stats = torch.tensor([total_loss.item(), correct.item(), seen], dtype=torch.float64,
                              device=self.device)
         if self.world > 1:
@@ -287,6 +285,8 @@ class Trainer:
         t, epochs = self.cfg["train"], self.cfg["solver"]["epochs"]
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            for p in remove_stale_temps(self.out):
+                self.log(f"removed {p.name}, left by an interrupted write")
             write_config(self.cfg, self.out / "config.yaml")
             self.log(f"{self.arch} {self.overrides} | {len(self.train_set)} train / {len(self.val_set)} "
                      f"val images, {self.steps_per_epoch} steps/epoch x {epochs} epochs, device "
@@ -325,9 +325,9 @@ class Trainer:
     def evaluate_checkpoint(self, path: str | Path) -> dict:
         """Load a training checkpoint (its EMA when present) or an exported backbone, then evaluate."""
         ckpt = read_checkpoint(path, weights_only=False)
-        if is_training_checkpoint(ckpt):
+        if ck.is_training_checkpoint(ckpt):
             state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
-            self.model.load_state_dict(state)
+            self._load_weights(state, path)
             source = "EMA weights" if ckpt.get("ema") else "model weights"
         else:
             load_checkpoint(self.model, path)
