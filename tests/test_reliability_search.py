@@ -196,3 +196,31 @@ def test_search_db_that_is_not_a_database(tmp_path, capsys):
         RunStore(run)
     rc, _, err = _tool(capsys, "resume", tmp_path / "run", "--num-children", 0)
     assert rc == 2 and "--num-children must be >= 1" in _one_error_line(err)
+
+
+# ---- Overrides after options; report's plots not overwritten without --force -----------------
+def test_run_takes_overrides_before_and_after_options(tmp_path, capsys):
+    run = tmp_path / "mixed"
+    rc, out, err = _tool(capsys, "run", *SYNTHETIC[:4], "--run-dir", run, *SYNTHETIC[4:],
+                         "--backend", "inprocess", "search.num_children", 3)
+    assert rc == 0, err
+    assert json.loads(out.splitlines()[-1])["children"] == 3
+    cfg = load_config(run / "config.yaml", schema=SEARCH)
+    assert cfg["search"]["strategy"] == "random" and cfg["reward"]["name"] == "synthetic"
+    with pytest.raises(SystemExit) as exit_:  # argparse's one usage error
+        _tool(capsys, "run", "--run-dir", tmp_path / "other", *SYNTHETIC, "--no-such-flag")
+    assert exit_.value.code == 2 and "--no-such-flag" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_report_refuses_to_overwrite_a_plot_without_force(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert _run(capsys, run, n=4)[0] == 0
+    plot = tmp_path / "fig6.png"
+    plot.write_bytes(b"an earlier figure")
+    rc, _, err = _tool(capsys, "report", run, "--plot", plot)
+    assert rc == 2 and "--force" in _one_error_line(err)
+    assert plot.read_bytes() == b"an earlier figure"
+    rc, _, err = _tool(capsys, "report", run, "--plot", plot, "--force")
+    assert rc == 0, err
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

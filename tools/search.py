@@ -50,11 +50,11 @@ def cmd_report(args) -> None:
     children also the retrained-accuracy vs reward table and (``--plot-retrained``) the Fig. 5 plot."""
     from nasnet_core.search import report
 
-    if args.plot_retrained:  # checked before anything is printed or drawn
-        if len(args.run_dirs) != 1:
-            raise ValueError("--plot-retrained draws one run; give one run directory")
-        if Path(args.plot_retrained).exists() and not args.force:
-            raise ValueError(f"{args.plot_retrained} exists; pass --force to overwrite it")
+    if args.plot_retrained and len(args.run_dirs) != 1:  # checked before anything is printed or drawn
+        raise ValueError("--plot-retrained draws one run; give one run directory")
+    for plot in (args.plot, args.plot_retrained):
+        if plot and Path(plot).exists() and not args.force:
+            raise ValueError(f"{plot} exists; pass --force to overwrite it")
     runs = [report.load_run(d) for d in args.run_dirs]
     print(report.best_table(runs, args.top))
     for run in runs:
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", help="PNG path for the reward-vs-samples plot")
     t.add_argument("--plot-retrained", metavar="PATH",
                    help="PNG path for retrained accuracy vs mult-adds and vs reward (one run)")
-    t.add_argument("--force", action="store_true", help="overwrite the --plot-retrained file")
+    t.add_argument("--force", action="store_true", help="overwrite existing --plot / --plot-retrained files")
     e = sub.add_parser("export", help="write the top-K genotypes as JSON")
     e.add_argument("run_dir")
     e.add_argument("--top", type=int, default=1, help="how many of the best genotypes to write")
@@ -152,7 +152,10 @@ def main(argv=None) -> int:
     """Entry point: exit code 2 and one error line for a bad config, run directory or file."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "retrain":  # pairs after RUN --top K --config C: argparse leaves them over
+    if args.command in ("run", "retrain"):  # KEY VALUE pairs after options too (argparse leaves them over)
+        unknown = [a for a in extra if a.startswith("--")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -103,8 +103,9 @@ def retrain_job(base_cfg: dict, jobs: dict, child_id: int, _decisions, _timeout=
     cfg = child_config(base_cfg, spec["genotype"], spec["output_dir"])
     started, t0 = time.time(), time.perf_counter()
     try:
-        resume = (Path(spec["output_dir"]) / "last.pth").is_file()
-        trainer = Trainer(cfg, resume=resume)
+        # resume=True: from last.pth when a killed attempt left one, else from the start (a kill
+        # before the first checkpoint leaves only config.yaml, which a fresh Trainer would refuse).
+        trainer = Trainer(cfg, resume=True)
         from_epoch = trainer.epoch
         metrics = trainer.fit()
         cx = complexity(trainer.model, trainer.info.image_size, trainer.info.in_chans)
