@@ -36,3 +36,16 @@ def tiny_inputs(n=2, size=64, num_classes=3):
         inst.gt_classes = torch.tensor([0, 2])[: 1 + i % 2] % num_classes
         batch.append({"image": img, "height": size, "width": size, "instances": inst})
     return batch
+
+
+def tiny_shapes_val(tmp_path_factory, name: str, count: int = 3):
+    """A folder with ``count`` generated shapes val images, registered once as dataset ``name``."""
+    from detectron2.data import DatasetCatalog
+
+    from nasnet_det import datasets, shapes
+
+    root = tmp_path_factory.mktemp("shapes")
+    shapes.generate(root, "val", count=count)
+    if name not in DatasetCatalog.list():
+        datasets.register_shapes(name, "val", root)
+    return root

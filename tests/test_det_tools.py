@@ -10,18 +10,12 @@ import torch
 pytest.importorskip("detectron2", reason="detectron2 is not installed (see README: the [detectron2] extra)")
 
 from conftest import ROOT, load_tool  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
-
-from nasnet_det import datasets, shapes  # noqa: E402
+from det_helpers import tiny_shapes_val  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_val(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    shapes.generate(root, "val", count=3)
-    if "tools_shapes_val" not in DatasetCatalog.list():
-        datasets.register_shapes("tools_shapes_val", "val", root)
-    return root
+    return tiny_shapes_val(tmp_path_factory, "tools_shapes_val")
 
 
 def _changed_fraction(drawn, original):

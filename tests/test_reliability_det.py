@@ -11,13 +11,12 @@ import torch
 pytest.importorskip("detectron2", reason="detectron2 is not installed (see README: the [detectron2] extra)")
 
 from conftest import ROOT, load_tool  # noqa: E402
-from det_helpers import make_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
+from det_helpers import make_cfg, tiny_shapes_val  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import nasnet_core as nc  # noqa: E402
 from nasnet_core.convert import CheckpointMismatch  # noqa: E402
-from nasnet_det import NASNetCheckpointer, datasets, shapes  # noqa: E402
+from nasnet_det import NASNetCheckpointer, datasets  # noqa: E402
 
 SHAPES = "configs/quick_schedules/nasnet_a_mobile_shapes.yaml"
 SMALL = ["MODEL.DEVICE", "cpu", "MODEL.NASNET.N", 1, "MODEL.NASNET.F", 192]
@@ -38,11 +37,7 @@ def _drop_stale_log_handlers():
 
 @pytest.fixture(scope="module")
 def tiny_val(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    shapes.generate(root, "val", count=3)
-    if "rel_shapes_val" not in DatasetCatalog.list():
-        datasets.register_shapes("rel_shapes_val", "val", root)
-    return root
+    return tiny_shapes_val(tmp_path_factory, "rel_shapes_val")
 
 
 @pytest.fixture(scope="module")
