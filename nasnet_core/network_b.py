@@ -83,11 +83,16 @@ class NASNetB(nn.Module):
 
     def set_training_step(self, step: int) -> None:
         """Set the global step driving ScheduledDropPath (NASNet's schedule, cell by cell)."""
+        self.training_step = step
+        for name, keep in zip(self.cell_names, self.drop_path_keep_probs(step)):
+            getattr(self, name).drop_path_keep = keep
+
+    def drop_path_keep_probs(self, step: int | None = None) -> list[float]:
+        """Keep probability of every cell at ``step`` (default: current), as ``NASNet``'s schedule."""
+        step = self.training_step if step is None else step
         total, p = len(self.cell_names), self.drop_path_keep_prob
         ratio = min(1.0, step / self.total_training_steps) if self.total_training_steps else 1.0
-        for i, name in enumerate(self.cell_names):
-            keep_c = 1.0 - (i + 1) / total * (1.0 - p)
-            getattr(self, name).drop_path_keep = 1.0 - ratio * (1.0 - keep_c)
+        return [1.0 - ratio * (i + 1) / total * (1.0 - p) for i in range(total)]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU -> global average pool -> dropout -> FC."""

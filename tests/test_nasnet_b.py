@@ -1,5 +1,6 @@
 """NASNet-B: four-input cells (genotype form, space variant B, wiring, any N @ F, training step)."""
 
+import math
 import random
 
 import pytest
@@ -121,3 +122,26 @@ def test_draw_cell_tool(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # never overwrites silently
     assert again.returncode == 2
     assert again.stderr.strip() == f"error: {out} exists; pass --force to overwrite it"
+
+
+def test_trainer_trains_a_b_genotype_with_scheduled_drop_path(tmp_path):
+    """The classification Trainer (and so `search.py retrain`) runs four-input cells: NASNetB has the
+    drop-path schedule the Trainer reads, equal to NASNet's formula."""
+    from test_train_classifier import make_cifar, tiny_cfg
+
+    from nasnet_core.train import Trainer
+
+    genotype = tmp_path / "b.json"
+    genotype.write_text(_random_b(0).to_json())
+    cfg = tiny_cfg(tmp_path, "cifar10", make_cifar(tmp_path / "c10"), **{
+        "model.genotype": str(genotype), "model.F": 96, "solver.epochs": 1})
+    trainer = Trainer(cfg)
+    model, total = trainer.model, trainer.model.total_training_steps
+    assert type(model).__name__ == "NASNetB"
+    n = len(model.cell_names)
+    assert model.drop_path_keep_probs(0) == [1.0] * n
+    end = model.drop_path_keep_probs(total)
+    assert end == pytest.approx([1 - (i + 1) / n * 0.3 for i in range(n)]) and end[-1] == pytest.approx(0.7)
+    metrics = trainer.fit()
+    assert trainer.step == total and math.isfinite(metrics["train_loss"])
+    assert [getattr(model, c).drop_path_keep for c in model.cell_names] == pytest.approx(end)
