@@ -11,8 +11,10 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line", "parse_with_overrides", "positive_int"]
+__all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line", "parse_with_overrides", "positive_int",
+           "refuse_existing"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
@@ -56,6 +58,12 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | 
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     setattr(args, dest, [*(getattr(args, dest) or []), *rest])
     return args
+
+
+def refuse_existing(path, force: bool) -> None:
+    """ValueError when ``path`` is given and exists and ``force`` is not set (no silent overwrite)."""
+    if path and Path(path).exists() and not force:
+        raise ValueError(f"{path} exists; pass --force to overwrite it")
 
 
 def positive_int(text: str) -> int:

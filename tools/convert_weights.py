@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import nasnet_core as nc
-from nasnet_core.cli import tool_main
+from nasnet_core.cli import refuse_existing, tool_main
 from nasnet_core.fileio import atomic_torch_save
 
 FORMATS = ("nasnet_core", "detectron2")
@@ -52,8 +52,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise ValueError(f"--output {out} is a directory; give the checkpoint file to write")
-    if out.exists() and not args.force:
-        raise ValueError(f"{out} exists; pass --force to overwrite")
+    refuse_existing(out, args.force)
     state = nc.read_state_dict(args.input)
     converted = nc.convert_state_dict(state, args.source, args.arch, drop_background=args.drop_background)
     pad_mode = "timm" if args.source == "timm" else "tf"

@@ -12,7 +12,7 @@ import random
 import sys
 from pathlib import Path
 
-from nasnet_core.cli import tool_main
+from nasnet_core.cli import refuse_existing, tool_main
 from nasnet_core.fileio import atomic_write
 from nasnet_core.genotype import CellGenotype, get_genotype, random_genotype
 
@@ -85,8 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", required=True, help="PNG path")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     args = p.parse_args(argv)
-    if Path(args.output).exists() and not args.force:
-        raise ValueError(f"{args.output} exists; pass --force to overwrite it")
+    refuse_existing(args.output, args.force)
     if args.random_b is not None:
         from nasnet_core.search import make_space
 

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from nasnet_core.cli import tool_main
+from nasnet_core.cli import refuse_existing, tool_main
 from nasnet_core.config import CLASSIFICATION, SEARCH, load_config
 
 
@@ -53,8 +53,7 @@ def cmd_report(args) -> None:
     if args.plot_retrained and len(args.run_dirs) != 1:  # checked before anything is printed or drawn
         raise ValueError("--plot-retrained draws one run; give one run directory")
     for plot in (args.plot, args.plot_retrained):
-        if plot and Path(plot).exists() and not args.force:
-            raise ValueError(f"{plot} exists; pass --force to overwrite it")
+        refuse_existing(plot, args.force)
     runs = [report.load_run(d) for d in args.run_dirs]
     print(report.best_table(runs, args.top))
     for run in runs:
@@ -88,8 +87,7 @@ def cmd_compare(args) -> None:
     from nasnet_core.fileio import atomic_write_text
     from nasnet_core.search.landscapes import compare_strategies, comparison_table
 
-    if args.output and Path(args.output).exists() and not args.force:
-        raise ValueError(f"{args.output} exists; pass --force to overwrite it")
+    refuse_existing(args.output, args.force)
     start = time.time()
     res = compare_strategies(strategies=args.strategies, seeds=range(args.seeds), budget=args.budget)
     table = comparison_table(res, args.budget)
@@ -166,7 +164,7 @@ def main(argv=None) -> int:
     commands = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "export": cmd_export,
                 "retrain": cmd_retrain, "compare": cmd_compare}
     if args.command not in commands:
-        build_parser().print_help()
+        parser.print_help()
         return 2
     start = time.time()
     summary = commands[args.command](args)

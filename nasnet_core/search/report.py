@@ -15,13 +15,9 @@ __all__ = ["load_run", "best_table", "plot_runs", "export_top", "spearman", "ret
 
 def load_run(run_dir: str | Path) -> dict:
     """A run's config, strategy counters and children (read-only)."""
-    store = RunStore(run_dir)
-    try:
-        meta = store.meta()
-        run = {"run_dir": str(run_dir), "config": meta["config"], "counts": store.strategy_counts(),
+    with RunStore(run_dir) as store:
+        run = {"run_dir": str(run_dir), "config": store.meta()["config"], "counts": store.strategy_counts(),
                "children": store.children()}
-    finally:
-        store.close()
     run["label"] = f"{run['config']['search']['strategy']} ({Path(run_dir).name})"
     done = [c for c in run["children"] if c["status"] == "done"]
     run["rewards"] = [c["reward"] for c in sorted(done, key=lambda c: c["seq"])]

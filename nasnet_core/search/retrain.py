@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..config import CLASSIFICATION, flatten, write_config
+from ..config import CLASSIFICATION, write_config
 from ..fileio import atomic_write_text
 from .store import RunStore
 
@@ -29,20 +29,14 @@ __all__ = ["RESULTS", "select_top", "check_retrain_config", "retrain_job", "retr
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
-# Keys that may change between a retrain and its continuation without changing any result.
-RESUME_FREE = {"data.path", "data.workers", "data.pin_memory", "train.output_dir", "train.threads",
-               "train.device", "train.log_every", "train.keep_every"}
 
 
 def select_top(run_dir: str | Path, top: int) -> list[dict]:
     """The ``top`` best distinct genotypes of a run's finished children, best reward first."""
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
-    store = RunStore(run_dir)
-    try:
+    with RunStore(run_dir) as store:
         done = store.children("done")
-    finally:
-        store.close()
     if not done:
         raise ValueError(f"{run_dir} has no finished child to retrain")
     picks, seen = [], set()
@@ -137,10 +131,10 @@ def _save(root: Path, state: dict) -> None:
 
 
 def _same_recipe(old: dict, new: dict, root: Path) -> None:
-    a, b = flatten(old), flatten(new)
-    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_FREE)
-    if changed:
-        diffs = ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in changed)
+    from ..train.trainer import config_changes
+
+    diffs = config_changes(old, new)
+    if diffs:
         raise ValueError(f"{root} holds a retrain with another config ({diffs}); continue it with the "
                          f"same config or choose another --output")
 
@@ -187,11 +181,8 @@ def retrain_top(run_dir: str | Path, top: int, cfg: dict, output: str | Path | N
     """Retrain the ``top`` best children of ``run_dir`` with the classification config ``cfg``."""
     run_dir = Path(run_dir)
     picks = select_top(run_dir, top)  # StoreError for an unknown run, ValueError for no children
-    store = RunStore(run_dir)
-    try:
+    with RunStore(run_dir) as store:
         executor_cfg = store.meta()["config"]["executor"]
-    finally:
-        store.close()
     check_retrain_config(cfg, executor_cfg)
     root = Path(output) if output else run_dir / "retrain"
     state = _plan(root, run_dir, picks, cfg)

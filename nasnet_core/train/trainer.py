@@ -24,11 +24,19 @@ from .checks import TOGGLES, check_config, resolve_device, self_contained, toggl
 from .data import build_dataset, build_loader
 from .optim import LRSchedule, ModelEMA, build_optimizer, smoothed_cross_entropy
 
-__all__ = ["Trainer", "TrainingDiverged", "model_overrides", "accuracy_counts", "resolve_device", "TOGGLES"]
+__all__ = ["Trainer", "TrainingDiverged", "config_changes", "model_overrides", "accuracy_counts",
+           "resolve_device", "TOGGLES"]
 
 # Keys that may differ between a run and its resumption without changing the result.
 _RESUME_FREE = {"data.path", "data.workers", "data.pin_memory", "train.output_dir", "train.threads",
                 "train.device", "train.log_every", "train.keep_every"}
+
+
+def config_changes(old: dict, new: dict) -> str:
+    """``"key: old -> new, ..."`` for the keys that change a run's result (empty when none)."""
+    a, b = flatten(old), flatten(new)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUME_FREE)
+    return ", ".join(f"{k}: {a.get(k)} -> {b.get(k)}" for k in changed)
 
 
 def model_overrides(cfg: dict, info, total_steps: int) -> dict:
@@ -148,13 +156,11 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         ckpt = ck.load_training_checkpoint(path)
-        old, new = flatten(ckpt["config"]), flatten(self.cfg)
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_FREE)
-        if changed:
-            diffs = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed)
+        diffs = config_changes(ckpt["config"], self.cfg)
+        if diffs:
             self.log(f"warning: resuming with changed config keys (the run will not match an "
                      f"uninterrupted one): {diffs}")
-        self._load_weights(ckpt["model"], path)
+        ck.load_weights(self.model, ckpt["model"], path)
         if self.ema is not None and ckpt["ema"] is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -167,9 +173,6 @@ class Trainer:
                      f"{self.world}; dropout / drop-path streams are reseeded")
             torch.manual_seed(self.cfg["train"]["seed"] * 1000 + self.rank + 1 + self.step)
         self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}")
-
-    def _load_weights(self, state: dict, path) -> None:
-        ck.load_weights(self.model, state, path)
 
     def _check_finite(self, loss: float, where: str) -> None:
         if not math.isfinite(loss):
@@ -327,7 +330,7 @@ class Trainer:
         ckpt = read_checkpoint(path, weights_only=False)
         if ck.is_training_checkpoint(ckpt):
             state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
-            self._load_weights(state, path)
+            ck.load_weights(self.model, state, path)
             source = "EMA weights" if ckpt.get("ema") else "model weights"
         else:
             load_checkpoint(self.model, path)
