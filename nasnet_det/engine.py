@@ -34,7 +34,7 @@ from .config import add_nasnet_config
 from .roi_heads import NASNetCropHead
 
 __all__ = ["setup_cfg", "setup_cfg_plain", "merge_config", "Trainer", "EVALUATORS", "build_evaluator",
-           "eval_output_dir", "visualize_after_eval", "build_augmentations"]
+           "eval_output_dir", "visualize_after_eval", "build_augmentations", "ensure_shapes_datasets"]
 
 logger = logging.getLogger("nasnet_det")
 
@@ -58,6 +58,12 @@ def _unknown_key(cfg, message: str) -> str | None:
     return f"unknown config key {m.group(1)}{hint}"
 
 
+def _yacs_message(cfg, e: Exception) -> str:
+    """One line for a yacs merge error: the unknown key (with a close match) or the error's text."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return _unknown_key(cfg, text) or one_line(text)
+
+
 def merge_config(cfg, config_file: str, opts=()) -> None:
     """Merge ``config_file`` then the ``opts`` pairs into ``cfg``; one ConfigError naming the file or key.
 
@@ -75,13 +81,11 @@ def merge_config(cfg, config_file: str, opts=()) -> None:
     except AttributeError:
         raise ConfigError(f"config file {path} must hold a mapping of config keys") from None
     except (KeyError, AssertionError, ValueError, TypeError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise ConfigError(f"config file {path}: {_unknown_key(cfg, text) or one_line(text)}") from None
+        raise ConfigError(f"config file {path}: {_yacs_message(cfg, e)}") from None
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, AssertionError, ValueError, TypeError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise ConfigError(f"config override: {_unknown_key(cfg, text) or one_line(text)}") from None
+        raise ConfigError(f"config override: {_yacs_message(cfg, e)}") from None
 
 
 def setup_cfg_plain(config_file: str, opts=()):
@@ -99,11 +103,16 @@ def setup_cfg(args):
     """Detectron2 config with nasnet_det's keys, the file and opts merged, frozen and logged."""
     cfg = setup_cfg_plain(args.config_file, args.opts)
     default_setup(cfg, args)
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+    ensure_shapes_datasets(cfg)  # COCOEvaluator reads the json when it is built
+    return cfg
+
+
+def ensure_shapes_datasets(cfg) -> None:
+    """Generate the missing embedded shapes datasets among the config's train and test sets."""
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
         root = MetadataCatalog.get(name).get("shapes_root")
         if root is not None:
-            shapes.ensure_shapes(root)  # COCOEvaluator reads the json when it is built
-    return cfg
+            shapes.ensure_shapes(root)
 
 
 def eval_output_dir(cfg, dataset_name: str) -> str:
@@ -152,12 +161,12 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
-            self._init_cpu_ddp(cfg)
+            self._init_cpu_ddp(cfg)  # builds its NASNetCheckpointer itself
         else:
             super().__init__(cfg)
-        # Reads nasnet_core ImageNet checkpoints in MODEL.WEIGHTS (and everything detectron2 reads).
-        self.checkpointer = NASNetCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR,
-                                               **self.checkpointer.checkpointables)
+            # Reads nasnet_core ImageNet checkpoints in MODEL.WEIGHTS (and everything detectron2 reads).
+            self.checkpointer = NASNetCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR,
+                                                   **self.checkpointer.checkpointables)
 
     def _init_cpu_ddp(self, cfg) -> None:
         """DefaultTrainer.__init__ with the model in DDP *without* device_ids: detectron2 passes the

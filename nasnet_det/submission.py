@@ -60,7 +60,7 @@ def write_submission(results_json: str | Path, image_ids: set[int], testset: str
     name = f"detections_{testset}_{alg}_results"
     out = Path(out_dir) / f"{name}.zip"
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; remove it or pass --overwrite")
+        raise ValueError(f"{out} exists; remove it or pass --overwrite")
 
     def write_zip(f) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:

@@ -40,6 +40,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from nasnet_core.cli import tool_main
+from nasnet_core.fileio import atomic_write_text
 from nasnet_det.engine import setup_cfg_plain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,7 +306,7 @@ def main(argv=None) -> int:
         print(f"inference, NASNet-A mobile 600 / R50-C4 600: {mobile['infer_s'] / r50['infer_s']:.2f} "
               f"({mobile['infer_s']:.2f} s / {r50['infer_s']:.2f} s per image)")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
     return 0
 
 

@@ -17,19 +17,24 @@ from __future__ import annotations
 
 import sys
 
-from detectron2.data import MetadataCatalog
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import nasnet_det
 from nasnet_core.cli import tool_main
-from nasnet_det import shapes
-from nasnet_det.engine import Trainer, setup_cfg, setup_cfg_plain, visualize_after_eval
+from nasnet_det.engine import (
+    Trainer,
+    ensure_shapes_datasets,
+    setup_cfg,
+    setup_cfg_plain,
+    visualize_after_eval,
+)
 from nasnet_det.submission import write_submissions
 
-# yacs reports a bad key with AssertionError / KeyError; an existing submission is FileExistsError.
-CONFIG_ERRORS = (KeyError, AssertionError, FileExistsError)
+# Config files and overrides are checked by merge_config (ConfigError); an unregistered dataset
+# name and other Detectron2 look-ups raise KeyError / AssertionError.
+CONFIG_ERRORS = (KeyError, AssertionError)
 
 
 def main(args):
@@ -63,11 +68,7 @@ def parser():
 def prepare_datasets(args) -> None:
     """Generate missing shapes datasets once, before ``launch`` starts the processes (each rank
     would otherwise write the same folders at the same time)."""
-    cfg = setup_cfg_plain(args.config_file, args.opts)
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        root = MetadataCatalog.get(name).get("shapes_root")
-        if root is not None:
-            shapes.ensure_shapes(root)
+    ensure_shapes_datasets(setup_cfg_plain(args.config_file, args.opts))
 
 
 @tool_main
