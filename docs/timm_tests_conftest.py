@@ -10,7 +10,7 @@ add them wherever timm asks for its ``nasnet`` module.
 
 import timm
 
-import nasnet_core.timm_compat  # noqa: F401  (registers the models)
+import nasnet_core.interop.timm_compat  # noqa: F401  (registers the models)
 
 _list_models = timm.list_models
 

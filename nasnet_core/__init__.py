@@ -1,15 +1,21 @@
 """nasnet_core: the NASNet search space, genotypes, cells and networks (Zoph et al., 2018)."""
 
-from .complexity import complexity
-from .convert import CheckpointMismatch, convert_state_dict, load_checkpoint, read_state_dict, save_checkpoint
-from .fuse import fuse_bn
-from .genotype import GENOTYPES, NASNET_A, Block, CellGenotype, Genotype, GenotypeError, get_genotype
-from .inference import optimize_for_inference
-from .layers import NORMS, PAD_MODES
-from .network import NASNet
-from .ops import COMBINERS, OP_NAMES, OPS, PAPER_OPS, FoldPair, OpContext
-from .plan import CellSpec, NetworkPlan, make_plan
-from .registry import MODELS, ModelConfig, create_model, get_config, list_models, register_model
+from .interop.convert import (
+    CheckpointMismatch,
+    convert_state_dict,
+    load_checkpoint,
+    read_state_dict,
+    save_checkpoint,
+)
+from .interop.fuse import fuse_bn
+from .interop.inference import optimize_for_inference
+from .model.complexity import complexity
+from .model.genotype import GENOTYPES, NASNET_A, Block, CellGenotype, Genotype, GenotypeError, get_genotype
+from .model.layers import NORMS, PAD_MODES
+from .model.network import NASNet
+from .model.ops import COMBINERS, OP_NAMES, OPS, PAPER_OPS, FoldPair, OpContext
+from .model.plan import CellSpec, NetworkPlan, make_plan
+from .model.registry import MODELS, ModelConfig, create_model, get_config, list_models, register_model
 
 __version__ = "0.1.0"
 

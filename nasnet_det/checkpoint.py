@@ -19,7 +19,7 @@ import logging
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from nasnet_core.convert import CheckpointMismatch
+from nasnet_core.interop.convert import CheckpointMismatch
 
 __all__ = ["NASNetCheckpointer", "match_suffixes", "check_backbone_filled", "AUTHOR"]
 

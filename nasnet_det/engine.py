@@ -24,8 +24,8 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from nasnet_core.cli import one_line
-from nasnet_core.config import ConfigError
+from nasnet_core.common.cli import one_line
+from nasnet_core.common.config import ConfigError
 
 from . import shapes
 from .backbone import NASNetBackbone

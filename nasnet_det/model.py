@@ -10,7 +10,7 @@ from __future__ import annotations
 from detectron2.layers import FrozenBatchNorm2d
 
 import nasnet_core as nc
-from nasnet_core.network import NASNet
+from nasnet_core.model.network import NASNet
 
 __all__ = ["build_nasnet", "trim", "stage_of", "freeze"]
 

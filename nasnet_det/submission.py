@@ -16,7 +16,7 @@ from pathlib import Path
 
 from detectron2.data import MetadataCatalog
 
-from nasnet_core.fileio import atomic_write
+from nasnet_core.common.fileio import atomic_write
 
 from .engine import eval_output_dir
 

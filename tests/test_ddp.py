@@ -18,7 +18,7 @@ from conftest import ROOT
 from test_train_classifier import make_cifar, tiny_cfg
 
 import nasnet_core as nc
-from nasnet_core.config import dump_config
+from nasnet_core.common.config import dump_config
 from nasnet_core.train.data import EpochSampler
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import random
 import pytest
 
 from nasnet_core import NASNET_A, Block, CellGenotype, Genotype, GenotypeError
-from nasnet_core.genotype import get_genotype
-from nasnet_core.genotype import random_genotype as _random_genotype
+from nasnet_core.model.genotype import get_genotype
+from nasnet_core.model.genotype import random_genotype as _random_genotype
 
 
 def random_genotype(rng, num_blocks=5):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import nasnet_core as nc
-from nasnet_core.inference import optimize_for_inference
+from nasnet_core.interop.inference import optimize_for_inference
 
 
 def _model():

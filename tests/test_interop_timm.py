@@ -6,7 +6,7 @@ import torch
 import nasnet_core as nc
 
 timm = pytest.importorskip("timm")
-import nasnet_core.timm_compat  # noqa: E402,F401  (registers nc_* with timm)
+import nasnet_core.interop.timm_compat  # noqa: E402,F401  (registers nc_* with timm)
 
 
 def test_every_model_is_registered_without_clashing_with_timm():

@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT
 from test_train_classifier import make_cifar, tiny_cfg
 
-from nasnet_core.config import dump_config
+from nasnet_core.common.config import dump_config
 from nasnet_core.train import Trainer
 
 EPOCHS = 5

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import nasnet_core as nc
-from nasnet_core.genotype import random_genotype
-from nasnet_core.layers import FrozenBatchNorm2d
-from nasnet_core.network import reduction_layers
+from nasnet_core.model.genotype import random_genotype
+from nasnet_core.model.layers import FrozenBatchNorm2d
+from nasnet_core.model.network import reduction_layers
 
 
 def n_params(m):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import nasnet_core as nc
-from nasnet_core.genotype import Block, CellGenotype, Genotype, GenotypeError, random_genotype
-from nasnet_core.network_b import NASNetB
+from nasnet_core.model.genotype import Block, CellGenotype, Genotype, GenotypeError, random_genotype
+from nasnet_core.model.network_b import NASNetB
 from nasnet_core.search import make_space, make_strategy
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nasnet_core as nc
-from nasnet_core.export import check_onnx, export_onnx
+from nasnet_core.interop.export import check_onnx, export_onnx
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -10,9 +10,9 @@ from conftest import randomize_bn
 from torch import nn
 
 import nasnet_core as nc
-from nasnet_core.genotype import random_genotype
-from nasnet_core.layers import SameConv2d, SamePool2d, drop_path, make_norm, same_padding
-from nasnet_core.ops import OP_NAMES, OPS, PAPER_OPS, FactorizedReduction, FoldPair, Op, OpContext
+from nasnet_core.model.genotype import random_genotype
+from nasnet_core.model.layers import SameConv2d, SamePool2d, drop_path, make_norm, same_padding
+from nasnet_core.model.ops import OP_NAMES, OPS, PAPER_OPS, FactorizedReduction, FoldPair, Op, OpContext
 from nasnet_core.search import make_space
 from nasnet_core.search.space import NASNetSpace
 
@@ -102,9 +102,10 @@ def test_fuse_bn_folds_the_aux_head_and_leaves_group_norm():
 
 
 # The model modules (op table to nasnet_det's model and backbone) whose ``__all__`` this checks.
-MODEL_MODULES = ("nasnet_core", "nasnet_core.layers", "nasnet_core.ops", "nasnet_core.genotype",
-                 "nasnet_core.cell", "nasnet_core.plan", "nasnet_core.network", "nasnet_core.registry",
-                 "nasnet_core.fuse", "nasnet_core.complexity", "nasnet_core.search.space",
+MODEL_MODULES = ("nasnet_core", "nasnet_core.model.layers", "nasnet_core.model.ops",
+                 "nasnet_core.model.genotype", "nasnet_core.model.cell", "nasnet_core.model.plan",
+                 "nasnet_core.model.network", "nasnet_core.model.registry", "nasnet_core.interop.fuse",
+                 "nasnet_core.model.complexity", "nasnet_core.search.space",
                  "nasnet_det.model", "nasnet_det.backbone")
 
 

@@ -10,7 +10,7 @@ from conftest import ROOT
 from test_train_classifier import make_cifar, tiny_cfg
 
 import nasnet_core as nc
-from nasnet_core.config import ConfigError, load_config
+from nasnet_core.common.config import ConfigError, load_config
 from nasnet_core.train.data import DataError, build_dataset
 from nasnet_core.train.optim import LRSchedule, lr_scale
 from nasnet_core.train.trainer import Trainer

@@ -15,7 +15,7 @@ from det_helpers import make_cfg, tiny_shapes_val  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import nasnet_core as nc  # noqa: E402
-from nasnet_core.convert import CheckpointMismatch  # noqa: E402
+from nasnet_core.interop.convert import CheckpointMismatch  # noqa: E402
 from nasnet_det import NASNetCheckpointer, datasets  # noqa: E402
 
 SHAPES = "configs/quick_schedules/nasnet_a_mobile_shapes.yaml"

@@ -10,8 +10,8 @@ from conftest import load_tool
 from test_train_classifier import make_cifar, tiny_cfg
 
 import nasnet_core as nc
-from nasnet_core.config import ConfigError, dump_config
-from nasnet_core.genotype import GenotypeError
+from nasnet_core.common.config import ConfigError, dump_config, load_config
+from nasnet_core.model.genotype import GenotypeError
 
 
 def _fails(capsys, tool: str, argv: list, *fragments: str) -> str:
@@ -112,7 +112,7 @@ def test_overrides_after_options(tiny_run, tmp_path):
     out = tmp_path / "after"
     assert tc.main(["--config", str(cfg_file), "solver.epochs", "1", "--output", str(out),
                     "data.train_limit", "20"]) == 0
-    saved = nc.config.load_config(out / "config.yaml")
+    saved = load_config(out / "config.yaml")
     assert saved["solver"]["epochs"] == 1 and saved["data"]["train_limit"] == 20
 
 

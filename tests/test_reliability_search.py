@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import ROOT, load_tool
 
-from nasnet_core.config import SEARCH, load_config
+from nasnet_core.common.config import SEARCH, load_config
 from nasnet_core.search.rewards import SyntheticReward, build_space
 from nasnet_core.search.runner import start_search
 from nasnet_core.search.store import RunStore, StoreError

@@ -12,9 +12,9 @@ from conftest import load_tool
 from test_train_classifier import make_cifar, tiny_cfg
 
 import nasnet_core as nc
-from nasnet_core import fileio
-from nasnet_core.config import ConfigError, load_config
-from nasnet_core.genotype import NASNET_A, random_genotype
+from nasnet_core.common import fileio
+from nasnet_core.common.config import ConfigError, dump_config, load_config
+from nasnet_core.model.genotype import NASNET_A, random_genotype
 from nasnet_core.train.trainer import Trainer, TrainingDiverged
 
 RUN_FILES = ("config.yaml", "last.pth", "metrics.json", "backbone.pth")
@@ -63,7 +63,7 @@ def _config_file(tmp_path, data, name, **extra) -> Path:
     cfg = tiny_cfg(tmp_path, "cifar10", data, **{"solver.epochs": 2, "train.output_dir": str(tmp_path / name),
                                                  **extra})
     path = tmp_path / f"{name}.yaml"
-    path.write_text(nc.config.dump_config(cfg))
+    path.write_text(dump_config(cfg))
     return path
 
 

@@ -18,13 +18,13 @@ import torch
 from conftest import ROOT
 
 import nasnet_core as nc
-from nasnet_core.config import SEARCH, ConfigError, load_config
-from nasnet_core.genotype import random_genotype
+from nasnet_core.common.config import SEARCH, ConfigError, load_config
+from nasnet_core.model.genotype import random_genotype
 from nasnet_core.search import SpaceError, make_space, make_strategy
+from nasnet_core.search.base import state_from_bytes, state_to_bytes
 from nasnet_core.search.report import best_table, export_top, load_run, plot_runs
 from nasnet_core.search.runner import resume_search, start_search, topk_means
 from nasnet_core.search.store import RunStore, StoreError
-from nasnet_core.search.strategies import state_from_bytes, state_to_bytes
 
 
 def search_config(path=None, **overrides):
@@ -288,7 +288,7 @@ def _stripes(n, seed):
 
 
 def test_child_training_learns_from_idx_files(tmp_path):
-    from nasnet_core.datasets import DataError, load_arrays
+    from nasnet_core.common.datasets import DataError, load_arrays
     from nasnet_core.search.child import ChildTrainer, load_child_data, split_train_val
 
     x, y = _stripes(600, 0)

@@ -4,8 +4,9 @@ import itertools
 
 import pytest
 
-from nasnet_core.config import SEARCH, load_config
+from nasnet_core.common.config import SEARCH, load_config
 from nasnet_core.search import make_space, make_strategy
+from nasnet_core.search.base import state_from_bytes, state_to_bytes
 from nasnet_core.search.child import cost_aware_reward
 from nasnet_core.search.landscapes import (
     PairwiseLandscape,
@@ -16,7 +17,6 @@ from nasnet_core.search.landscapes import (
 from nasnet_core.search.runner import start_search
 from nasnet_core.search.space import DecisionSpace
 from nasnet_core.search.store import RunStore
-from nasnet_core.search.strategies import state_from_bytes, state_to_bytes
 
 
 def test_evolution_breeds_by_one_decision_and_ages_out_the_oldest():

@@ -15,8 +15,8 @@ import torch
 from conftest import ROOT, load_tool
 
 import nasnet_core as nc
-from nasnet_core.config import SEARCH, load_config
-from nasnet_core.genotype import random_genotype
+from nasnet_core.common.config import SEARCH, load_config
+from nasnet_core.model.genotype import random_genotype
 from nasnet_core.search.report import load_run, plot_retrained, retrained_table, spearman
 from nasnet_core.search.retrain import RESULTS, load_results, retrain_top, select_top
 from nasnet_core.search.space import make_space

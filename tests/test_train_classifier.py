@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from conftest import ROOT, load_tool
 
 import nasnet_core as nc
-from nasnet_core import fileio
-from nasnet_core.config import CLASSIFICATION, ConfigError, dump_config, load_config
-from nasnet_core.datasets import read_idx
+from nasnet_core.common import fileio
+from nasnet_core.common.config import CLASSIFICATION, ConfigError, dump_config, load_config
+from nasnet_core.common.datasets import read_idx
 from nasnet_core.train import checkpoint as ckpt_mod
 from nasnet_core.train import trainer as trainer_mod
 from nasnet_core.train.data import DataError, build_dataset, random_resized_box

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 import nasnet_core as nc
-from nasnet_core.cli import tool_main
+from nasnet_core.common.cli import tool_main
 
 
 def _fmt(n: float) -> str:

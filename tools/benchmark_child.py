@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from nasnet_core.cli import positive_int, tool_main
+from nasnet_core.common.cli import positive_int, tool_main
 from nasnet_core.search import make_space
 from nasnet_core.search.child import load_child_data, prepare_child_data, train_child
 from nasnet_core.train.trainer import resolve_device

@@ -39,8 +39,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from nasnet_core.cli import tool_main
-from nasnet_core.fileio import atomic_write_text
+from nasnet_core.common.cli import tool_main
+from nasnet_core.common.fileio import atomic_write_text
 from nasnet_det.engine import setup_cfg_plain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ import time
 import torch
 
 import nasnet_core as nc
-from nasnet_core.cli import positive_int, tool_main
-from nasnet_core.inference import optimize_for_inference
+from nasnet_core.common.cli import positive_int, tool_main
+from nasnet_core.interop.inference import optimize_for_inference
 
 PAIRS = {
     # ours (arch, overrides), peer builder, input size
@@ -64,7 +64,7 @@ def interleaved_latency(runners: list, x: torch.Tensor, iters: int, warmup: int)
 def ort_runner(model: torch.nn.Module, size: int, threads: int, folder: str):
     """``x -> logits`` through our ONNX export in onnxruntime, or None without the export extra."""
     try:
-        from nasnet_core.export import export_onnx, onnx_session
+        from nasnet_core.interop.export import export_onnx, onnx_session
         path = os.path.join(folder, f"{model.arch}_{size}.onnx")
         if not os.path.exists(path):
             export_onnx(model, path, torch.randn(1, 3, size, size))

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 import nasnet_core as nc
-from nasnet_core.cli import positive_int, tool_main
-from nasnet_core.config import load_config
+from nasnet_core.common.cli import positive_int, tool_main
+from nasnet_core.common.config import load_config
 from nasnet_core.train.data import DatasetInfo
 from nasnet_core.train.optim import ModelEMA, build_optimizer, smoothed_cross_entropy
 from nasnet_core.train.trainer import model_overrides

@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 
 import nasnet_core as nc
-from nasnet_core.cli import refuse_existing, tool_main
-from nasnet_core.fileio import atomic_torch_save
+from nasnet_core.common.cli import refuse_existing, tool_main
+from nasnet_core.common.fileio import atomic_torch_save
+from nasnet_core.interop.convert import SOURCES
 
 FORMATS = ("nasnet_core", "detectron2")
 
@@ -39,7 +40,7 @@ def save_detectron2(path: Path, state_dict, arch: str, pad_mode: str, **extra) -
 def main(argv=None) -> int:
     """Convert one checkpoint; exit 2 with one line naming the unmatched keys if it does not fit."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", required=True, choices=nc.convert.SOURCES)
+    ap.add_argument("--source", required=True, choices=SOURCES)
     ap.add_argument("--arch", required=True, help=f"one of: {', '.join(nc.list_models())}")
     ap.add_argument("--input", required=True, help=".pth/.pt or .safetensors state dict")
     ap.add_argument("--output", required=True, help="checkpoint to write (never overwritten "

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import tqdm
 
-from nasnet_core.cli import tool_main
+from nasnet_core.common.cli import tool_main
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")

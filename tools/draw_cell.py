@@ -12,9 +12,9 @@ import random
 import sys
 from pathlib import Path
 
-from nasnet_core.cli import refuse_existing, tool_main
-from nasnet_core.fileio import atomic_write
-from nasnet_core.genotype import CellGenotype, get_genotype, random_genotype
+from nasnet_core.common.cli import refuse_existing, tool_main
+from nasnet_core.common.fileio import atomic_write
+from nasnet_core.model.genotype import CellGenotype, get_genotype, random_genotype
 
 _COMBINE = {"add": "+", "concat": "||", "add_layernorm": "+ LN", "add_instancenorm": "+ IN"}
 

@@ -28,9 +28,9 @@ import time
 import torch
 
 import nasnet_core as nc
-from nasnet_core.cli import tool_main
-from nasnet_core.config import parse_pairs
-from nasnet_core.export import DEFAULT_OPSET, EXPORTERS, MIN_OPSET, check_onnx, export_onnx
+from nasnet_core.common.cli import tool_main
+from nasnet_core.common.config import parse_pairs
+from nasnet_core.interop.export import DEFAULT_OPSET, EXPORTERS, MIN_OPSET, check_onnx, export_onnx
 
 
 def detector_image(path: str | None, size: int, square: bool = False) -> torch.Tensor:
@@ -57,7 +57,7 @@ def export_detector(args) -> None:
         raise ValueError("detector export needs Detectron2 (see README: Install)") from None
     import numpy as np
 
-    from nasnet_core.export import onnx_session
+    from nasnet_core.interop.export import onnx_session
     from nasnet_det.checkpoint import NASNetCheckpointer
     from nasnet_det.engine import setup_cfg_plain
 

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from nasnet_core.cli import refuse_existing, tool_main
-from nasnet_core.config import CLASSIFICATION, SEARCH, load_config
+from nasnet_core.common.cli import refuse_existing, tool_main
+from nasnet_core.common.config import CLASSIFICATION, SEARCH, load_config
 
 
 def cmd_run(args) -> dict:
@@ -84,7 +84,7 @@ def cmd_retrain(args) -> dict:
 
 def cmd_compare(args) -> None:
     """Samples each strategy needs to reach 90 % of the optimum of the synthetic landscapes."""
-    from nasnet_core.fileio import atomic_write_text
+    from nasnet_core.common.fileio import atomic_write_text
     from nasnet_core.search.landscapes import compare_strategies, comparison_table
 
     refuse_existing(args.output, args.force)
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     sub = p.add_subparsers(dest="command")
     r = sub.add_parser("run", help="start a new search")
-    r.add_argument("--config", help="YAML under configs/search/ (defaults: nasnet_core/config.py SEARCH)")
+    r.add_argument("--config", help="YAML under configs/search/ (defaults: the SEARCH schema)")
     r.add_argument("--run-dir", required=True, help="new folder for the run's database, config, TensorBoard")
     r.add_argument("--backend", choices=["inprocess", "ray"], help="executor.backend")
     r.add_argument("--address", help="Ray cluster address (executor.address)")

@@ -25,8 +25,8 @@ import argparse
 import json
 import sys
 
-from nasnet_core.cli import parse_with_overrides, tool_main
-from nasnet_core.config import load_config
+from nasnet_core.common.cli import parse_with_overrides, tool_main
+from nasnet_core.common.config import load_config
 from nasnet_core.train import Trainer
 
 

@@ -22,7 +22,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import nasnet_det
-from nasnet_core.cli import tool_main
+from nasnet_core.common.cli import tool_main
 from nasnet_det.engine import (
     Trainer,
     ensure_shapes_datasets,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nasnet_core.cli import tool_main
+from nasnet_core.common.cli import tool_main
 
 
 @tool_main

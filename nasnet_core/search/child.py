@@ -6,7 +6,7 @@ flips; a child has N = 2 and is trained for 20 epochs with a single-period cosin
 momentum 0.9 and L2 weight decay; its reward is its accuracy on the held-out images. Where each
 training hyper-parameter comes from -- the paper, TF-slim's CIFAR recipe, or our choice -- is
 ``HPARAM_SOURCES``. A child is trained with the classifier trainer's parts: the dataset readers
-(nasnet_core.datasets), augmentation and sampling (train.data), optimizer and schedule
+(nasnet_core.common.datasets), augmentation and sampling (train.data), optimizer and schedule
 (train.optim) and device choice (train.trainer).
 """
 
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..complexity import complexity
-from ..datasets import load_arrays
-from ..registry import create_model
+from ..common.datasets import load_arrays
+from ..model.complexity import complexity
+from ..model.registry import create_model
 from ..train.data import ArrayDataset, build_loader
 from ..train.optim import LRSchedule, build_optimizer
 from ..train.trainer import accuracy_counts, resolve_device
@@ -98,7 +98,7 @@ def prepare_child_data(x: np.ndarray, y: np.ndarray, val_size: int, split_seed: 
 
 def load_child_data(dataset: str, data_dir: str | Path, val_size: int = 5000, split_seed: int = 0,
                     train_subset: int = 0, val_subset: int = 0) -> ChildData:
-    """A dataset's training split read by nasnet_core.datasets and prepared for children."""
+    """A dataset's training split read by nasnet_core.common.datasets and prepared for children."""
     x, y = load_arrays(dataset, data_dir, train=True)
     return prepare_child_data(x, y, val_size, split_seed, train_subset, val_subset)
 

@@ -14,12 +14,13 @@ from collections import deque
 
 import torch
 
+from .base import Strategy, register_strategy
 from .space import DecisionSpace
-from .strategies import Strategy
 
 __all__ = ["AgingEvolution"]
 
 
+@register_strategy
 class AgingEvolution(Strategy):
     """Tournament selection of size S from a population of the last P told, one-decision mutation."""
 

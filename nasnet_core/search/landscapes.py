@@ -14,8 +14,8 @@ import statistics
 
 import torch
 
+from .base import make_strategy
 from .space import DecisionSpace, make_space
-from .strategies import make_strategy
 
 __all__ = ["MatchLandscape", "PairwiseLandscape", "LANDSCAPES", "make_landscape", "samples_to_reach",
            "compare_strategies", "comparison_table", "COMPARISON_HPARAMS"]

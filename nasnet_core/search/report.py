@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..fileio import atomic_write, atomic_write_text
+from ..common.fileio import atomic_write, atomic_write_text
 from .runner import topk_means
 from .store import RunStore
 
@@ -87,7 +87,7 @@ def export_top(run: dict, top: int, out_dir: str | Path, overwrite: bool = False
     """Write the ``top`` best genotypes as JSON (``{"genotype": ..., "reward": ...}``); returns paths.
 
     Existing files are refused (nothing written) unless ``overwrite`` (tools/search.py export --force)."""
-    from ..genotype import Genotype
+    from ..model.genotype import Genotype
 
     if top < 1:
         raise ValueError(f"--top must be >= 1, got {top}")

@@ -20,8 +20,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..config import CLASSIFICATION, write_config
-from ..fileio import atomic_write_text
+from ..common.config import CLASSIFICATION, write_config
+from ..common.fileio import atomic_write_text
 from .store import RunStore
 
 __all__ = ["RESULTS", "select_top", "check_retrain_config", "retrain_job", "retrain_top", "load_results"]
@@ -57,7 +57,7 @@ def select_top(run_dir: str | Path, top: int) -> list[dict]:
 
 def check_retrain_config(cfg: dict, executor_cfg: dict) -> None:
     """Fail before anything is written on an unknown arch or a missing local dataset folder."""
-    from ..registry import get_config
+    from ..model.registry import get_config
 
     F = cfg["model"]["F"]  # ValueError for an unknown arch (listing the known ones) or a bad F
     get_config(cfg["model"]["arch"], **({} if F is None else {"F": F}))
@@ -72,7 +72,7 @@ def child_width(base: dict, genotype: str) -> int:
 
     Every child gets the same num_conv_filters, as in the search; a cell that concatenates more
     states is wider, as the paper's N @ F counts it."""
-    from ..registry import get_config, width_per_filter
+    from ..model.registry import get_config, width_per_filter
 
     m = base["model"]
     filters = get_config(m["arch"], **({} if m["F"] is None else {"F": m["F"]})).num_conv_filters
@@ -90,7 +90,7 @@ def child_config(base: dict, genotype: str, output_dir: str | Path) -> dict:
 
 def retrain_job(base_cfg: dict, jobs: dict, child_id: int, _decisions, _timeout=None) -> dict:
     """Train (or resume, or just read back) one child; the executor's job function. Never raises."""
-    from ..complexity import complexity
+    from ..model.complexity import complexity
     from ..train.trainer import Trainer
 
     spec = jobs[child_id]

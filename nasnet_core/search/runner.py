@@ -7,11 +7,11 @@ import logging
 import math
 from pathlib import Path
 
-from ..config import SEARCH, load_config, write_config
+from ..common.config import SEARCH, load_config, write_config
+from .base import make_strategy, state_from_bytes, state_to_bytes
 from .executor import make_executor
 from .rewards import build_space
 from .store import DB_NAME, RunStore
-from .strategies import make_strategy, state_from_bytes, state_to_bytes
 
 __all__ = ["start_search", "resume_search", "topk_means", "check_config", "check_values",
            "check_run_dir"]
@@ -65,7 +65,7 @@ def check_values(cfg: dict) -> None:
 
 def check_config(cfg: dict) -> None:
     """Fail fast, before anything is written, on names and values the workers would only reject later."""
-    from ..datasets import DATASETS
+    from ..common.datasets import DATASETS
     from .executor import EXECUTORS
     from .rewards import REWARDS
 

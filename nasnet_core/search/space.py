@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..genotype import INPUT_COUNTS, Block, CellGenotype, Genotype
-from ..ops import COMBINERS, OP_NAMES, PAPER_OPS
+from ..model.genotype import INPUT_COUNTS, Block, CellGenotype, Genotype
+from ..model.ops import COMBINERS, OP_NAMES, PAPER_OPS
 
 __all__ = ["DecisionSpace", "NASNetSpace", "SpaceError", "SPACE_VARIANTS", "make_space"]
 

@@ -13,6 +13,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from ..common.errors import ProjectError
+
 __all__ = ["RunStore", "DB_NAME", "LOCK_NAME", "StoreError"]
 
 DB_NAME = "search.db"
@@ -46,7 +48,7 @@ CREATE TABLE IF NOT EXISTS strategy (
 """
 
 
-class StoreError(RuntimeError):
+class StoreError(ProjectError, RuntimeError):
     """A missing, foreign or inconsistent run directory."""
 
 

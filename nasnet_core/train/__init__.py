@@ -1,6 +1,6 @@
 """Classification training for NASNet: data, optimizers, schedules, EMA and the trainer.
 
-Its config schema and loader live in nasnet_core.config (CLASSIFICATION).
+Its config schema and loader live in nasnet_core.common.config (CLASSIFICATION).
 
 Importing this package needs only torch, numpy, PIL, PyYAML, tqdm and tensorboard.
 """

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..convert import CheckpointMismatch
-from ..fileio import read_checkpoint
+from ..common.fileio import read_checkpoint
+from ..interop.convert import CheckpointMismatch
 
 __all__ = ["load_training_checkpoint", "is_training_checkpoint", "rng_state", "set_rng_state", "RUN_FILES",
            "RunExistsError", "TrainingDiverged", "check_output_dir", "diverged", "nonfinite_tensors",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .. import registry
-from ..config import ConfigError, flatten
-from ..genotype import GENOTYPES, get_genotype
+from ..common.config import ConfigError, flatten
+from ..model import registry
+from ..model.genotype import GENOTYPES, get_genotype
 
 __all__ = ["RULES", "TOGGLES", "check_config", "self_contained", "resolve_device", "toggle"]
 

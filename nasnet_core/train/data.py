@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..datasets import DATASETS, DataError, check_root, load_arrays
+from ..common.datasets import DATASETS, DataError, check_root, load_arrays
 from .transforms import (
     COLOR_DISTORTIONS,
     EVAL_CROPS,
@@ -248,7 +248,7 @@ def _build_imagenet(cfg: dict, seed: int, arch_size: int):
 
 
 def dataset_names() -> list[str]:
-    """Datasets classification training reads: the in-memory ones of nasnet_core.datasets and imagenet."""
+    """Datasets classification training reads: the in-memory ones (common.datasets) and imagenet."""
     return [*DATASETS, "imagenet"]
 
 

@@ -14,10 +14,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .. import registry
-from ..config import flatten, write_config
-from ..convert import load_checkpoint, save_checkpoint
-from ..fileio import atomic_torch_save, atomic_write_text, read_checkpoint, remove_stale_temps
+from ..common.config import flatten, write_config
+from ..common.fileio import atomic_torch_save, atomic_write_text, read_checkpoint, remove_stale_temps
+from ..interop.convert import load_checkpoint, save_checkpoint
+from ..model import registry
 from . import checkpoint as ck
 from .checkpoint import TrainingDiverged
 from .checks import TOGGLES, check_config, resolve_device, self_contained, toggle

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_torch_save, read_checkpoint
-from .registry import MODELS, create_model, get_config
+from ..common.fileio import atomic_torch_save, read_checkpoint
+from ..model.registry import MODELS, create_model, get_config
 
 __all__ = ["convert_state_dict", "SOURCES", "CheckpointMismatch", "save_checkpoint",
            "load_checkpoint", "read_state_dict", "check_state_dict", "mismatch_report"]

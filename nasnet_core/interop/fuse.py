@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import BN_TYPES
+from ..model.layers import BN_TYPES
 
 __all__ = ["fuse_bn", "fold_plan"]
 

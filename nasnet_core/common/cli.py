@@ -13,16 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .errors import ProjectError
+
 __all__ = ["USER_ERRORS", "run_tool", "tool_main", "one_line", "parse_with_overrides", "positive_int",
            "refuse_existing"]
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 
-def _store_error() -> type[BaseException]:
-    from .search.store import StoreError  # imported late: the search needs nothing of the CLI
-
-    return StoreError
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, ProjectError)
 
 
 def one_line(error: BaseException) -> str:
@@ -34,7 +32,7 @@ def run_tool(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     """Run ``main(argv)``; on a project error print ``error: <message>`` (one line) and return 2."""
     try:
         return main(argv) or 0
-    except (*USER_ERRORS, _store_error()) as e:
+    except USER_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 

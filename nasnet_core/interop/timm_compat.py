@@ -1,4 +1,4 @@
-"""Our models as timm models: ``import nasnet_core.timm_compat`` registers every registered
+"""Our models as timm models: ``import nasnet_core.interop.timm_compat`` registers every registered
 nasnet_core model with timm as ``nc_<name>`` (e.g. ``nc_nasnet_a_mobile``; timm's own
 ``nasnetalarge`` is untouched).
 
@@ -22,9 +22,9 @@ import torch
 from timm.layers import register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .layers import SameConv2d, SamePool2d
-from .network import NASNet
-from .registry import ModelConfig, get_config, list_models
+from ..model.layers import SameConv2d, SamePool2d
+from ..model.network import NASNet
+from ..model.registry import ModelConfig, get_config, list_models
 
 __all__ = ["PREFIX", "default_cfgs", "register_timm", "timm_name"]
 
@@ -87,7 +87,7 @@ def _build(name: str):
                              **overrides)
         except ValueError as e:
             raise TypeError(f"{timm_name(name)}: {e}") from None  # timm: unknown arguments are TypeErrors
-        from .registry import create_model
+        from ..model.registry import create_model
         with torch.device(device) if device is not None else nullcontext():
             model = create_model(name, in_chans=cfg.in_chans, aux_head=False, num_classes=cfg.num_classes,
                                  **overrides)

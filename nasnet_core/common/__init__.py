@@ -1,0 +1,1 @@
+"""Shared plumbing: config schema, command-line helpers, atomic file I/O, in-memory datasets, errors."""

@@ -1,0 +1,1 @@
+"""Interop: weight conversion from other implementations, timm registration, ONNX export, fused inference."""

@@ -1,0 +1,1 @@
+"""The NASNet model: layers, the op table, genotypes, cells, the network plan, networks, the registry."""
