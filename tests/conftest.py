@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tf_oracle import tf_models  # noqa: F401 - the session fixture, for the TF parity tests
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
