@@ -28,21 +28,6 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-@register_strategy
-class RandomSearch(Strategy):
-    """Uniform sampling of every decision (the paper's Fig. 6 baseline)."""
-
-    name = "random"
-
-    def ask(self, n: int) -> list[list[int]]:
-        """n uniformly random decision lists."""
-        out = []
-        for _ in range(n):
-            out.append([int(torch.randint(c, (1,), generator=self.generator)) for c in self.space.choices])
-        self.num_asked += n
-        return out
-
-
 class Controller(nn.Module):
     """1-layer LSTM; step t reads the embedding of decision t-1 and emits a softmax over decision t."""
 
@@ -203,3 +188,18 @@ class Reinforce(PolicyGradient):
 
     def _epochs(self) -> int:
         return 1
+
+
+@register_strategy
+class RandomSearch(Strategy):
+    """Uniform sampling of every decision (the paper's Fig. 6 baseline)."""
+
+    name = "random"
+
+    def ask(self, n: int) -> list[list[int]]:
+        """n uniformly random decision lists."""
+        out = []
+        for _ in range(n):
+            out.append([int(torch.randint(c, (1,), generator=self.generator)) for c in self.space.choices])
+        self.num_asked += n
+        return out
