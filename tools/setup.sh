@@ -27,9 +27,10 @@ PIP=(.venv/bin/pip install -q)
 
 say() { echo "setup: $*"; }
 
-# check.py KIND [ARGS]: exit 0 when the step's result is already there, 1 (with the reason) when not.
+# check KIND [ARGS]: exit 0 when the step's result is already there, 1 (with the reason) when not.
+# -I: the venv's packages only (not the checkout's nasnet.egg-info, nor PYTHONPATH).
 check() {
-    "$PY" - "$@" <<'EOF'
+    "$PY" -I - "$@" <<'EOF'
 import json, sys
 from importlib import metadata
 from pathlib import Path
@@ -77,17 +78,17 @@ elif kind == "detectron2":
     try:
         url = json.loads(metadata.distribution("detectron2").read_text("direct_url.json") or "{}")
     except metadata.PackageNotFoundError:
-        sys.exit("detectron2 is not installed")
+        sys.exit("setup:   detectron2 is not installed")
     commit = args[0]
     if url.get("vcs_info", {}).get("commit_id") != commit and commit[:8] not in url.get("url", ""):
-        sys.exit(f"detectron2 is not from commit {commit[:8]} ({url.get('url', 'unknown source')})")
+        sys.exit(f"setup:   detectron2 is not from commit {commit[:8]} ({url.get('url', 'unknown source')})")
     from detectron2 import _C  # noqa: F401 - fails when it was built against another torch
 
     bad = []
 else:
     sys.exit(f"unknown check {kind}")
 if bad:
-    sys.exit("missing: " + "; ".join(bad))
+    sys.exit("setup:   missing: " + "; ".join(bad))
 EOF
 }
 
@@ -126,5 +127,5 @@ else
     "${PIP[@]}" --no-build-isolation --use-pep517 "${again[@]}" "$D2"
 fi
 
-"$PY" -c "import detectron2, nasnet_det"
+"$PY" -W ignore::FutureWarning -c "import detectron2, nasnet_det"   # both import
 say "done: $PWD/.venv"
