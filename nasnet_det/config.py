@@ -1,5 +1,5 @@
 """The config keys nasnet_det adds to Detectron2's: 12 under ``MODEL.NASNET``, 1 under ``INPUT``,
-3 under ``TEST`` and ``CPU_THREADS``."""
+4 under ``TEST`` and ``CPU_THREADS``."""
 
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def add_nasnet_config(cfg) -> None:
     cfg.TEST.VIS_THRESHOLD = 0.5
     # Images drawn per test set after evaluation (0: none).
     cfg.TEST.VIS_MAX_IMAGES = 8
+    # Draw the ground truth in a panel beside the detections (test sets with annotations only;
+    # the shapes main job turns it on).
+    cfg.TEST.VIS_GT = False
     # Algorithm name in the COCO server's file name detections_test-dev2017_<alg>_results.json
     # written after evaluating on coco_2017_test-dev (letters, digits, hyphens); "" derives it
     # from the config file name (underscores become hyphens).

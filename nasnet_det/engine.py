@@ -208,7 +208,8 @@ class Trainer(DefaultTrainer):
 
 
 def visualize_after_eval(cfg) -> list[Path]:
-    """Draw the detections of each test set's results json into OUTPUT_DIR/vis/<dataset>/."""
+    """Draw the detections of each test set's results json into OUTPUT_DIR/vis/<dataset>/ (beside the
+    ground truth with TEST.VIS_GT)."""
     from .visualize import draw_results
 
     written = []
@@ -220,6 +221,7 @@ def visualize_after_eval(cfg) -> list[Path]:
             logger.warning(f"no results json for {name} at {results}; nothing drawn")
             continue
         out = Path(cfg.OUTPUT_DIR) / "vis" / name
-        written += draw_results(name, [results], out, cfg.TEST.VIS_THRESHOLD, cfg.TEST.VIS_MAX_IMAGES)
+        written += draw_results(name, [results], out, cfg.TEST.VIS_THRESHOLD, cfg.TEST.VIS_MAX_IMAGES,
+                                ground_truth=cfg.TEST.VIS_GT)
         logger.info(f"drew {len(written)} images with detections into {out}")
     return written

@@ -1,6 +1,8 @@
-"""Helpers shared by the test files: the repository root, loading a tool script, BN randomisation."""
+"""Helpers shared by the test files: the repository root, loading a tool script, BN randomisation;
+the guard that fails the run when a test leaves files in the checkout."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,59 @@ from tf_oracle import tf_models  # noqa: F401 - the session fixture, for the TF 
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = sorted(p.stem for p in (ROOT / "tools").glob("*.py"))
+# Not part of the checkout's content: the venv, git's and the tools' caches.
+UNWATCHED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "nasnet.egg-info"}
+_BEFORE = pytest.StashKey[dict]()
+
+
+def checkout_files(root: Path = ROOT) -> dict[str, tuple[int, int]]:
+    """{path relative to ``root``: (size, mtime_ns)} of every file (and ``folder/``: (0, 0)) in the
+    checkout, ignored ones too (datasets/, output/, runs/), less UNWATCHED folders; links not followed."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in UNWATCHED]
+        for name in dirs:  # an empty new folder counts too
+            found[os.path.relpath(os.path.join(folder, name), root) + "/"] = (0, 0)
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            found[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def checkout_changes(before: dict, after: dict) -> list[str]:
+    """``+ path`` (new), ``- path`` (removed), ``~ path`` (changed) between two checkout_files()."""
+    return ([f"+ {p}" for p in sorted(after.keys() - before.keys())]
+            + [f"- {p}" for p in sorted(before.keys() - after.keys())]
+            + [f"~ {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]])
+
+
+def pytest_sessionstart(session):
+    """Snapshot the checkout before the first test."""
+    session.config.stash[_BEFORE] = checkout_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run (exit 1) when the checkout gained, lost or changed files: tests write only
+    under tmp_path (set DETECTRON2_DATASETS, OUTPUT_DIR, cwd or the output flag there)."""
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    changes = checkout_changes(before, checkout_files())
+    if not changes:
+        return
+    shown = "\n  ".join(changes[:20]) + (f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else "")
+    message = f"the tests changed {len(changes)} file(s) in the checkout {ROOT}:\n  {shown}"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_sep("=", "files written into the checkout", red=True)
+        reporter.write_line(message)
+    else:
+        print(message)
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 
 @pytest.fixture(autouse=True)

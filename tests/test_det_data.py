@@ -1,7 +1,9 @@
 """nasnet_det data tests: shapes generator, COCO mini-val 8k splits, per-dataset eval folders, loss falls."""
 
+import hashlib
 import json
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -99,6 +101,37 @@ def test_shapes_generator_is_deterministic_and_varied(tmp_path):
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temp leftovers
     with pytest.raises(ValueError, match="known: train, val"):
         shapes.generate(tmp_path, "test")
+
+
+# SHA-256 of the full generated shapes dataset (the main job's data): every file, sorted by path,
+# as path + NUL + bytes. The same under opencv-python-headless 4.14 and 5.1 (numpy 2.4). A change
+# means the main job trains and evaluates on other data: update both and re-measure its AP.
+SHAPES_SHA256 = "4dd241488865d76bc21a6b7a469b00a7a1d66d571f28f67ea6552d982136d0f3"
+# The two annotation files alone (boxes, classes, file names):
+SHAPES_JSON_SHA256 = "b88a66998ff6cd54cf6e7c83e01d3832612449981b61a06ca4f839e56d9ae835"
+
+
+def _sha256(root: Path, pattern: str = "*") -> str:
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob(pattern) if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory):
+    """The full shapes dataset (train 1000 + val 150 images), generated once per session."""
+    return shapes.ensure_shapes(tmp_path_factory.mktemp("nasnet_shapes"))
+
+
+@pytest.mark.slow
+def test_shapes_dataset_content_is_pinned(shapes_dataset):
+    files = sorted(p.relative_to(shapes_dataset).as_posix() for p in shapes_dataset.rglob("*") if p.is_file())
+    assert len(files) == 1000 + 150 + 2 and files[:2] == ["annotations/instances_train.json",
+                                                          "annotations/instances_val.json"]
+    assert _sha256(shapes_dataset, "*.json") == SHAPES_JSON_SHA256
+    assert _sha256(shapes_dataset) == SHAPES_SHA256
 
 
 def _register_tiny_shapes(tmp_path, name, split="train", count=16):

@@ -47,8 +47,10 @@ def test_coco_test_dev_is_marked_for_submission():
 
 def test_eval_only_on_test_dev_writes_the_zipped_submission(tmp_path, tiny_testdev, capsys):
     train_net = _train_net()
-    argv = ["--config-file", str(ROOT / QUICK), "--eval-only", "DATASETS.TEST", f"('{NAME}',)",
-            "OUTPUT_DIR", str(tmp_path), "MODEL.NASNET.N", "1", "MODEL.NASNET.F", "192",
+    # DATASETS.TRAIN emptied: the config's nasnet_shapes_train would be generated under ./datasets
+    argv = ["--config-file", str(ROOT / QUICK), "--eval-only", "DATASETS.TRAIN", "()",
+            "DATASETS.TEST", f"('{NAME}',)", "OUTPUT_DIR", str(tmp_path),
+            "MODEL.NASNET.N", "1", "MODEL.NASNET.F", "192",
             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "DATALOADER.NUM_WORKERS", "0",
             "TEST.VIS_MAX_IMAGES", "0"]
     assert train_net.run(argv) == 0

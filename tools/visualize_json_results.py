@@ -6,6 +6,9 @@
         --output vis_out --confidence-threshold 0.5
     python tools/visualize_json_results.py --dataset coco_2014_minival8k \
         --input a/coco_instances_results.json b/coco_instances_results.json --titles R50-C4 NASNet-A
+
+--gt adds a panel with the dataset's ground truth (for images that have annotations). One colour
+per class in every image; images with a short side under 512 px are upscaled before drawing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main(argv=None) -> int:
                     help="draw detections scoring at least this")
     ap.add_argument("--max-images", type=int, default=0, help="0: all")
     ap.add_argument("--titles", nargs="+", help="panel titles for a comparison")
+    ap.add_argument("--gt", action="store_true", help="draw the ground truth in a panel beside them")
     args = ap.parse_args(argv)
     from detectron2.data import DatasetCatalog
 
@@ -37,7 +41,7 @@ def main(argv=None) -> int:
         known = ", ".join(sorted(DatasetCatalog.list()))
         raise ValueError(f"unknown dataset {args.dataset!r}; registered: {known}")
     written = draw_results(args.dataset, args.input, args.output, args.confidence_threshold, args.max_images,
-                           args.titles)
+                           args.titles, ground_truth=args.gt)
     print(f"wrote {len(written)} image(s) to {args.output}")
     return 0
 
