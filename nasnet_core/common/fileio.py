@@ -1,8 +1,10 @@
 """File I/O of the project: atomic writes (a crash or kill leaves the old file or the new one, never
-a truncated one), the one checkpoint writer (``atomic_torch_save``) and reader (``read_checkpoint``)."""
+a truncated one; a full disk is one DiskFullError line), the one checkpoint writer
+(``atomic_torch_save``) and reader (``read_checkpoint``)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -11,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
+from .errors import ProjectError
+
+__all__ = ["DiskFullError", "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
            "read_checkpoint", "read_yaml_mapping", "remove_stale_temps", "file_mode"]
 
 _UMASK_LOCK = threading.Lock()
@@ -34,24 +38,65 @@ def _writable_target(path: Path) -> None:
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
+
+    Any failure removes the temp file and leaves ``path`` as it was; a full disk or quota (ENOSPC /
+    EDQUOT anywhere in the error's chain) becomes one DiskFullError naming the file and the free space."""
     path = Path(path)
     _writable_target(path)
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"cannot write {path}: {path.parent} is a file, not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
-        os.fchmod(fd, file_mode())  # mkstemp creates 0600; a written file gets the usual mode
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())  # mkstemp creates 0600; a written file gets the usual mode
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        full = isinstance(e, Exception) and _out_of_space(e, path.parent)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if full:
+            kept = f"{path} is unchanged" if path.exists() else "nothing was written"
+            free = _free_bytes(path.parent) / 2**20
+            raise DiskFullError(f"no space left on device writing {path} ({free:.1f} MiB free there); "
+                                f"{kept}") from e
         raise
     return path
+
+
+class DiskFullError(ProjectError, OSError):
+    """A write that failed for want of space; its message names the file and the space left."""
+
+    errno = errno.ENOSPC
+
+
+def _out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether ``error`` (or one it was raised from or during) is ENOSPC / EDQUOT; torch's zip writer
+    may hide the OSError behind a RuntimeError, so one with under 1 MiB left in ``folder`` counts too."""
+    seen, e = set(), error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return isinstance(error, (OSError, RuntimeError)) and _free_bytes(folder) < 2**20
+
+
+def _free_bytes(folder: Path) -> float:
+    """Bytes an unprivileged write may still use on the file system of ``folder`` (or its nearest
+    existing parent); inf when that cannot be read."""
+    for d in (folder, *folder.parents):
+        try:
+            st = os.statvfs(d)
+        except OSError:
+            continue
+        return st.f_bavail * st.f_frsize
+    return float("inf")
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:

@@ -26,7 +26,7 @@ from typing import Any
 from .ops import COMBINERS, OP_NAMES, PAPER_OPS
 
 __all__ = ["Block", "CellGenotype", "Genotype", "GenotypeError", "NASNET_A", "GENOTYPES",
-           "get_genotype", "OUTPUT_RULES", "INPUT_COUNTS", "random_genotype"]
+           "get_genotype", "is_genotype_text", "OUTPUT_RULES", "INPUT_COUNTS", "random_genotype"]
 
 OUTPUT_RULES = ("unused", "all")
 INPUT_COUNTS = (2, 4)  # NASNet-A/C cells read 2 earlier states, NASNet-B cells 4
@@ -125,10 +125,8 @@ class Genotype:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-serialisable)."""
         def cell(c: CellGenotype):
-            out = {
-                "blocks": [[b.input_a, b.input_b, b.op_a, b.op_b, b.combine] for b in c.blocks],
-                "output": list(c.output) if isinstance(c.output, tuple) else c.output,
-            }
+            out = {"blocks": [[b.input_a, b.input_b, b.op_a, b.op_b, b.combine] for b in c.blocks],
+                   "output": list(c.output) if isinstance(c.output, tuple) else c.output}
             return out if c.num_inputs == 2 else {**out, "inputs": c.num_inputs}
         return {"normal": cell(self.normal), "reduce": cell(self.reduce)}
 
@@ -156,10 +154,9 @@ class Genotype:
     def from_json(cls, text: str) -> Genotype:
         """Parse JSON text written by ``to_json``."""
         try:
-            data = json.loads(text)
+            return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise GenotypeError(f"genotype JSON is not valid JSON: {e}") from None
-        return cls.from_dict(data)
 
 
 def _cell_from_dict(name: str, data: Any) -> CellGenotype:
@@ -182,9 +179,8 @@ def _cell_from_dict(name: str, data: Any) -> CellGenotype:
                                 f"combine], got {raw!r}")
         blocks.append(Block(*raw))
     output = data.get("output", "unused")
-    if isinstance(output, list):
-        output = tuple(output)
-    return CellGenotype(tuple(blocks), output, data.get("inputs", 2))
+    return CellGenotype(tuple(blocks), tuple(output) if isinstance(output, list) else output,
+                        data.get("inputs", 2))
 
 
 def _parse_cell(name: str, body: str, num_inputs: int = 2) -> CellGenotype:
@@ -310,22 +306,26 @@ GENOTYPES = {"nasnet_a": NASNET_A}
 """Named genotypes. NASNet-B/C exist only as figures in the paper's appendix."""
 
 
+def is_genotype_text(spec: Any) -> bool:
+    """Whether ``spec`` is a string in the text form (``normal...: ...``): a genotype, never a path."""
+    head, sep, _ = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    return bool(sep) and head.partition("[")[0].strip() in ("normal", "reduce")
+
+
 def get_genotype(spec: Genotype | str | dict | Path) -> Genotype:
-    """A Genotype from: a Genotype, a registered name, the text form, a dict, or a JSON file path."""
-    if isinstance(spec, Genotype):
-        return spec
-    if isinstance(spec, dict):
-        return Genotype.from_dict(spec)
+    """A Genotype from a Genotype, a registered name, the text form (never a file), a dict or a JSON path."""
+    if isinstance(spec, (Genotype, dict)):
+        return spec if isinstance(spec, Genotype) else Genotype.from_dict(spec)
+    if isinstance(spec, str) and (is_genotype_text(spec) or (":" in spec and not spec.endswith(".json"))):
+        try:
+            return Genotype.from_string(spec)
+        except GenotypeError as e:  # name the text (a typo'd file name lands here too)
+            raise GenotypeError(f"genotype text {spec[:60]!r}: {e}") from None
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith(".json")):
         return _genotype_file(Path(spec))
     if isinstance(spec, str):
         if spec in GENOTYPES:
             return GENOTYPES[spec]
-        if ":" in spec:
-            try:
-                return Genotype.from_string(spec)
-            except GenotypeError as e:  # name the text (a typo'd file name lands here too)
-                raise GenotypeError(f"genotype text {spec[:60]!r}: {e}") from None
         raise GenotypeError(f"unknown genotype {spec!r}; known: {', '.join(GENOTYPES)} "
                             "(or pass the text form, a dict or a .json path)")
     raise GenotypeError(f"cannot make a genotype from {type(spec).__name__}")

@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from ..common.errors import ProjectError
 from .rewards import run_child
 
-__all__ = ["Executor", "InProcessExecutor", "RayExecutor", "EXECUTORS", "make_executor"]
+__all__ = ["Executor", "InProcessExecutor", "RayExecutor", "EXECUTORS", "make_executor", "ClusterUnreachable",
+           "check_reachable", "CONNECT_TIMEOUT_S"]
+
+CONNECT_TIMEOUT_S = 20.0
+"""How long a Ray cluster address may take to accept a TCP connection (Ray's own connect to a dead
+address retries for over 10 minutes)."""
+
+
+class ClusterUnreachable(ProjectError, ConnectionError):
+    """No Ray cluster answers at the configured address (checked before a run writes anything)."""
+
+
+def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """ClusterUnreachable (one line) unless ``host:port`` (or ``ray://host:port``) accepts a TCP
+    connection within ``timeout`` seconds; other forms (None, ``auto``) are left to Ray."""
+    host, sep, port = (address or "").split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = f"no answer in {timeout:g} s" if isinstance(e, TimeoutError) else e.strerror or str(e)
+        raise ClusterUnreachable(f"no Ray cluster answers at {address} ({why}); start one there (ray start "
+                                 f"--head --port {port}), or give a new run another --address") from None
 
 
 class Executor:
@@ -74,7 +99,12 @@ class RayExecutor(Executor):
         if self.owns_ray:
             kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
             if address:
-                ray.init(address=address, **kwargs)
+                check_reachable(address)  # before ray.init, which retries a dead address for minutes
+                try:
+                    ray.init(address=address, **kwargs)
+                except (ConnectionError, RuntimeError) as e:  # reachable, but not as a Ray cluster
+                    raise ClusterUnreachable(f"cannot connect to the Ray cluster at {address}: "
+                                             f"{type(e).__name__}: {e}") from None
             else:
                 # Local workers import this checkout of nasnet_core, whatever is installed.
                 root = str(Path(__file__).resolve().parents[2])

@@ -56,14 +56,18 @@ def select_top(run_dir: str | Path, top: int) -> list[dict]:
 
 
 def check_retrain_config(cfg: dict, executor_cfg: dict) -> None:
-    """Fail before anything is written on an unknown arch or a missing local dataset folder."""
+    """Fail before anything is written on an unknown arch, a missing local dataset folder or a Ray
+    cluster address where nothing answers."""
     from ..model.registry import get_config
+    from .executor import check_reachable
 
     F = cfg["model"]["F"]  # ValueError for an unknown arch (listing the known ones) or a bad F
     get_config(cfg["model"]["arch"], **({} if F is None else {"F": F}))
     local = executor_cfg["backend"] == "inprocess" or executor_cfg.get("address") is None
     if local and not Path(cfg["data"]["path"]).exists():
         raise FileNotFoundError(f"dataset folder not found: {cfg['data']['path']} (data.path)")
+    if executor_cfg["backend"] == "ray":
+        check_reachable(executor_cfg.get("address"))
 
 
 def child_width(base: dict, genotype: str) -> int:

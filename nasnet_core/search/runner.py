@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -116,11 +117,11 @@ def start_search(run_dir: str | Path, config: dict | None = None, progress: bool
     space = build_space(cfg["space"])
     strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
                              **cfg["search"]["strategy_hparams"])
-    with RunStore(run_dir, create=True, lock=True) as store:
+    with _executor(cfg) as executor, RunStore(run_dir, create=True, lock=True) as store:  # Ray first
         write_config(cfg, Path(run_dir) / "config.yaml", SEARCH)
         store.init({"config": cfg, "space": space.to_dict()}, state_to_bytes(strategy.state_dict()),
                    _counts(strategy))
-        return _run(store, cfg, space, strategy, progress)
+        return _run(store, cfg, space, strategy, progress, executor)
 
 
 def resume_search(run_dir: str | Path, progress: bool = True, num_children: int | None = None) -> dict:
@@ -135,14 +136,25 @@ def resume_search(run_dir: str | Path, progress: bool = True, num_children: int 
         strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
                                  **cfg["search"]["strategy_hparams"])
         strategy.load_state_dict(state_from_bytes(store.strategy_state()))
-        return _run(store, cfg, space, strategy, progress)
+        with _executor(cfg) as executor:  # before the store is changed
+            return _run(store, cfg, space, strategy, progress, executor)
 
 
-def _run(store: RunStore, cfg: dict, space, strategy, progress: bool) -> dict:
+@contextlib.contextmanager
+def _executor(cfg: dict):
+    """The run's executor, made (a Ray cluster reached, or one error line) before the caller writes
+    anything; shut down on leaving."""
+    executor = make_executor(cfg["executor"], cfg["reward"], cfg["space"])
+    try:
+        yield executor
+    finally:
+        executor.shutdown()
+
+
+def _run(store: RunStore, cfg: dict, space, strategy, progress: bool, executor) -> dict:
     from tqdm import tqdm
 
     total = cfg["search"]["num_children"]
-    executor = make_executor(cfg["executor"], cfg["reward"], cfg["space"])
     max_in_flight = cfg["search"]["max_in_flight"] or (
         1 if cfg["executor"]["backend"] == "inprocess" else 2 * executor.slots)
     writer = _tensorboard(store.run_dir)
@@ -176,7 +188,6 @@ def _run(store: RunStore, cfg: dict, space, strategy, progress: bool) -> dict:
                                 failed=store.count("failed"))
     finally:
         bar.close()
-        executor.shutdown()
         if writer is not None:
             writer.close()
     return {"run_dir": str(store.run_dir), "children": store.count(), "done": store.count("done"),

@@ -9,13 +9,12 @@ with the architecture's, so a saved config or checkpoint rebuilds its model with
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 
 from ..common.config import ConfigError, flatten
 from ..model import registry
-from ..model.genotype import GENOTYPES, get_genotype
+from ..model.genotype import GENOTYPES, get_genotype, is_genotype_text
 
 __all__ = ["RULES", "TOGGLES", "check_config", "self_contained", "resolve_device", "toggle"]
 
@@ -65,7 +64,7 @@ def self_contained(cfg: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     m = cfg["model"]
     g = m["genotype"]
-    if g is not None and g not in GENOTYPES and (g.endswith(".json") or Path(g).is_file()):
+    if g is not None and g not in GENOTYPES and not is_genotype_text(g):  # text: no file lookup
         m["genotype"] = get_genotype(g).to_string()
     if m["N"] is None or m["F"] is None:
         kw = {k: m[k] for k in ("genotype", "N") if m[k] is not None}
