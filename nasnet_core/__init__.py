@@ -1,5 +1,6 @@
 """nasnet_core: the NASNet search space, genotypes, cells and networks (Zoph et al., 2018)."""
 
+from .common import tf_guard  # noqa: F401, I001 - first: TensorFlow after triton only (see its docstring)
 from .interop.convert import (
     CheckpointMismatch,
     convert_state_dict,

@@ -27,6 +27,8 @@ def find_archive() -> Path | None:
 
 def tf_v1():
     """``tensorflow.compat.v1`` with graph mode on; skips the test when TensorFlow is absent."""
+    import nasnet_core.common.tf_guard  # noqa: F401 - triton before TensorFlow, never after
+
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # the OD API needs Keras 2 (tf-keras)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf = pytest.importorskip("tensorflow.compat.v1", reason="TensorFlow absent (pip install -e '.[tf]')")
