@@ -11,7 +11,7 @@ from ..common.config import SEARCH, load_config, write_config
 from .base import make_strategy, state_from_bytes, state_to_bytes
 from .executor import make_executor
 from .rewards import build_space
-from .store import DB_NAME, RunStore
+from .store import DB_NAME, RunStore, left_by_start
 
 __all__ = ["start_search", "resume_search", "topk_means", "check_config", "check_values",
            "check_run_dir"]
@@ -97,7 +97,7 @@ def check_run_dir(run_dir: str | Path, force: bool = False) -> None:
         raise ValueError(f"run directory {run_dir} is not a folder")
     if not run_dir.is_dir() or (run_dir / DB_NAME).exists() or force:
         return  # new, or a search (RunStore names --resume)
-    found = sorted(p.name for p in run_dir.iterdir())
+    found = sorted(p.name for p in run_dir.iterdir() if not left_by_start(p.name))  # a search stopped at once
     if found:
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise ValueError(f"run directory {run_dir} is not empty and holds no search ({shown}); choose a "
@@ -116,10 +116,9 @@ def start_search(run_dir: str | Path, config: dict | None = None, progress: bool
     space = build_space(cfg["space"])
     strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
                              **cfg["search"]["strategy_hparams"])
-    with RunStore(run_dir, create=True, lock=True) as store:
-        write_config(cfg, Path(run_dir) / "config.yaml", SEARCH)
-        store.init({"config": cfg, "space": space.to_dict()}, state_to_bytes(strategy.state_dict()),
-                   _counts(strategy))
+    with RunStore.create(run_dir, {"config": cfg, "space": space.to_dict()},
+                         state_to_bytes(strategy.state_dict()), _counts(strategy)) as store:
+        write_config(cfg, Path(run_dir) / "config.yaml", SEARCH)  # a copy to read; the database holds it
         return _run(store, cfg, space, strategy, progress)
 
 
@@ -129,6 +128,8 @@ def resume_search(run_dir: str | Path, progress: bool = True, num_children: int 
         raise ValueError(f"--num-children must be >= 1, got {num_children}")
     with RunStore(run_dir, lock=True) as store:  # a second process resuming the run is refused here
         cfg = store.meta()["config"]
+        if not (store.run_dir / "config.yaml").exists():  # stopped between its database and its config.yaml
+            write_config(cfg, store.run_dir / "config.yaml", SEARCH)
         if num_children is not None:  # extend (or keep) the planned total
             cfg["search"]["num_children"] = int(num_children)
         space = build_space(cfg["space"])
