@@ -266,7 +266,11 @@ def test_sigterm_as_a_search_starts_leaves_a_usable_folder(tmp_path, capsys, whe
     run = tmp_path / "run"
     patch, expect = SIGTERM_AT[where]
     assert _search_then_sigterm(run, patch) == -15
-    assert not (run / "search.db").exists() or RunStore(run).meta()["config"]["search"]["num_children"] == 4
+    if expect == "fresh":  # killed with the database built but not yet in place
+        assert len(list(run.glob(".search.db.*.tmp"))) == 1 and not (run / "search.db").exists()
+    else:  # killed with the database in place, before config.yaml
+        assert RunStore(run).meta()["config"]["search"]["num_children"] == 4
+        assert not (run / "config.yaml").exists()
     rc, out, err = _run(capsys, run, n=4)
     if expect == "resume":
         line = _one_error_line(err)
