@@ -267,7 +267,7 @@ def test_sigterm_as_a_search_starts_leaves_a_usable_folder(tmp_path, capsys, whe
     patch, expect = SIGTERM_AT[where]
     assert _search_then_sigterm(run, patch) == -15
     if expect == "fresh":  # killed with the database built but not yet in place
-        assert len(list(run.glob(".search.db.*.tmp"))) == 1 and not (run / "search.db").exists()
+        assert list(run.glob(".search.db.*.tmp")) and not (run / "search.db").exists()
     else:  # killed with the database in place, before config.yaml
         assert RunStore(run).meta()["config"]["search"]["num_children"] == 4
         assert not (run / "config.yaml").exists()

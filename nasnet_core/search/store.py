@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ..common.errors import ProjectError
+from ..common.fileio import atomic_write_bytes
 from ..common.locks import lock_folder
 
 __all__ = ["RunStore", "DB_NAME", "LOCK_NAME", "StoreError", "left_by_start"]
@@ -118,8 +119,8 @@ def _remove_unstarted(path: Path, run_dir: Path) -> None:
 
 
 def _build(path: Path, meta: dict, strategy_state: bytes, counts: tuple[int, int, int]) -> None:
-    """Write schema, ``meta`` and the strategy state into a temp database beside ``path``, then rename it
-    to ``path``: the database appears complete or not at all."""
+    """Write schema, ``meta`` and the strategy state into a temp database beside ``path``, then put its
+    bytes at ``path`` with the atomic writer: the database appears complete or not at all."""
     for stale in path.parent.glob(_TEMP_GLOB):  # left by a killed build (the caller holds the lock)
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{DB_NAME}.", suffix=".tmp", dir=path.parent)
@@ -127,26 +128,15 @@ def _build(path: Path, meta: dict, strategy_state: bytes, counts: tuple[int, int
     try:
         db = sqlite3.connect(tmp, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=MEMORY")  # no journal file: an unfinished temp is discarded
+            db.execute("PRAGMA journal_mode=MEMORY")  # no journal file beside the temp
             db.executescript(_SCHEMA)
             db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
             db.execute("INSERT INTO strategy VALUES (0, ?, ?, ?, ?)", (strategy_state, *counts))
         finally:
             db.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself is durable
+        atomic_write_bytes(path, Path(tmp).read_bytes())
     finally:
-        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
 
 
 class RunStore:
@@ -201,7 +191,8 @@ class RunStore:
         if check_started and _unstarted(self.db):
             raise StoreError(f"{self.path} holds no search settings: the search that made it was stopped as "
                              f"it started, before any child; start it again with tools/search.py run "
-                             f"--run-dir {self.run_dir} (it replaces this database)")
+                             f"--run-dir {self.run_dir} (it replaces this database)" if self.count() == 0 else
+                             f"{self.path} is not a search database (it holds children but no settings)")
         if write:
             self.db.execute("PRAGMA journal_mode=WAL")  # one fsync per commit; commits atomic and durable
             self.db.execute("PRAGMA synchronous=FULL")
