@@ -16,6 +16,7 @@ box-predictor tensors may be absent or differ (another number of classes), as in
 from __future__ import annotations
 
 import logging
+import os
 
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -97,7 +98,11 @@ class NASNetCheckpointer(DetectionCheckpointer):
     CheckpointMismatch (``check_backbone_filled``) before anything is loaded."""
 
     def load(self, path, *args, **kwargs):
-        """Load ``path`` (see fvcore's Checkpointer.load); remembers it for the error message."""
+        """Load ``path`` (see fvcore's Checkpointer.load); remembers it for the error message.
+
+        FileNotFoundError for a local path that is not a file (fvcore asserts it)."""
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
         self._source = path
         return super().load(path, *args, **kwargs)
 

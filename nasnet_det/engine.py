@@ -14,6 +14,7 @@ import torch
 import yaml
 from detectron2.config import get_cfg
 from detectron2.data import (
+    DatasetCatalog,
     DatasetMapper,
     MetadataCatalog,
     build_detection_test_loader,
@@ -34,7 +35,8 @@ from .config import add_nasnet_config
 from .roi_heads import NASNetCropHead
 
 __all__ = ["setup_cfg", "setup_cfg_plain", "merge_config", "Trainer", "EVALUATORS", "build_evaluator",
-           "eval_output_dir", "visualize_after_eval", "build_augmentations", "ensure_shapes_datasets"]
+           "eval_output_dir", "visualize_after_eval", "build_augmentations", "ensure_shapes_datasets",
+           "used_datasets"]
 
 logger = logging.getLogger("nasnet_det")
 
@@ -102,14 +104,32 @@ def setup_cfg_plain(config_file: str, opts=()):
 def setup_cfg(args):
     """Detectron2 config with nasnet_det's keys, the file and opts merged, frozen and logged."""
     cfg = setup_cfg_plain(args.config_file, args.opts)
+    # Every dataset name is checked (and shapes data made; COCOEvaluator reads the json when it is
+    # built) before anything is written or trained.
+    ensure_shapes_datasets(cfg, args.eval_only)
     default_setup(cfg, args)
-    ensure_shapes_datasets(cfg)  # COCOEvaluator reads the json when it is built
     return cfg
 
 
-def ensure_shapes_datasets(cfg) -> None:
-    """Generate the missing embedded shapes datasets among the config's train and test sets."""
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+def used_datasets(cfg, eval_only: bool = False) -> list[str]:
+    """The datasets a run reads: DATASETS.TEST with ``eval_only``, else DATASETS.TRAIN and TEST; a
+    ValueError naming the first unregistered one (and the registered names)."""
+    known = DatasetCatalog.list()
+    names = []
+    for key in ("TEST",) if eval_only else ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown dataset {name!r} in DATASETS.{key}{hint}; registered: "
+                                 f"{', '.join(sorted(known))}")
+            names.append(name)
+    return names
+
+
+def ensure_shapes_datasets(cfg, eval_only: bool = False) -> None:
+    """Check the datasets the run reads (``used_datasets``) and generate the missing shapes ones."""
+    for name in used_datasets(cfg, eval_only):
         root = MetadataCatalog.get(name).get("shapes_root")
         if root is not None:
             shapes.ensure_shapes(root)

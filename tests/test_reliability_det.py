@@ -249,3 +249,76 @@ def test_annotation_with_unknown_category_is_skipped_and_counted(tmp_path, caplo
     # the kept annotations carry contiguous ids as usual (COCO id 3 -> 2)
     assert sorted(a["category_id"] for a in by_id[MINIVAL[1]]["annotations"]) == [0, 2]
     assert path.read_text() == json.dumps(data)  # the user's file is not changed
+
+
+# ---- MODEL.WEIGHTS that is not there; demo outputs of inputs sharing a name ----------------------------
+def test_missing_weights_file_is_one_line_in_demo_and_train_net(tiny_val, tmp_path, capsys):
+    """demo.py printed fvcore's AssertionError traceback ("Checkpoint ... not found!")."""
+    missing = tmp_path / "model_final.pth"
+    weights = ["MODEL.WEIGHTS", str(missing)]
+    rc = load_tool("demo").main(["--config-file", str(ROOT / SHAPES), "--input", str(tiny_val / "val"),
+                                 "--output", str(tmp_path / "out"), *map(str, SMALL), *weights])
+    assert rc == 2 and _one_error_line(capsys.readouterr().err) == f"error: checkpoint not found: {missing}"
+    assert not (tmp_path / "out").exists()
+    val = "('rel_shapes_val',)"
+    rc = load_tool("train_net").run(["--eval-only", "--config-file", str(ROOT / SHAPES), *map(str, SMALL),
+                                     "OUTPUT_DIR", str(tmp_path / "ev"), "DATASETS.TRAIN", val,
+                                     "DATASETS.TEST", val, *weights])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == f"error: checkpoint not found: {missing}"
+
+
+def test_demo_inputs_sharing_a_name_give_one_drawing_each(tiny_val, tmp_path, capsys):
+    """a/x.jpg, b/x.jpg and b/x.png were all drawn to OUT/x.jpg (one file) while demo said 3."""
+    import cv2
+
+    images = sorted((tiny_val / "val").glob("*.jpg"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(images[0], tmp_path / "a" / "x.jpg")
+    shutil.copy(images[1], tmp_path / "b" / "x.jpg")
+    cv2.imwrite(str(tmp_path / "b" / "x.png"), cv2.imread(str(images[2])))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = load_tool("demo").main(["--config-file", str(ROOT / SHAPES), "--input", str(tmp_path / "a"),
+                                 str(tmp_path / "b"), "--output", str(out), "--confidence-threshold", "0.0",
+                                 *map(str, SMALL), "DATASETS.TEST", "('rel_shapes_val',)"])
+    stdout = capsys.readouterr().out
+    assert rc == 0 and f"wrote 3 image(s) to {out}" in stdout
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a/x.jpg", "b/x.jpg", "b/x.png"]
+    assert (out / "a" / "x.jpg").read_bytes() != (out / "b" / "x.jpg").read_bytes()  # two images drawn
+    assert (out / "b" / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the input's own format
+
+
+# ---- train_net: dataset names checked before training; shapes data only for the datasets read ----------
+def test_train_net_checks_every_dataset_name_before_training(tmp_path, capsys):
+    """An unknown DATASETS.TEST name failed only after the whole schedule had trained."""
+    out = tmp_path / "out"
+    for key, other in (("TEST", "TRAIN"), ("TRAIN", "TEST")):
+        rc = load_tool("train_net").run(["--config-file", str(ROOT / SHAPES), *map(str, SMALL), "OUTPUT_DIR",
+                                         str(out), "SOLVER.MAX_ITER", "1", f"DATASETS.{other}",
+                                         "('rel_shapes_val',)", f"DATASETS.{key}", "('rel_shapes_vla',)"])
+        line = _one_error_line(capsys.readouterr().err)
+        assert rc == 2 and line.startswith(f"error: unknown dataset 'rel_shapes_vla' in DATASETS.{key} "
+                                           "(did you mean 'rel_shapes_val'?); registered: "), line
+        assert "coco_2014_minival8k" in line and "nasnet_shapes_train" in line
+        assert not out.exists()  # nothing trained, nothing written
+
+
+def test_eval_only_makes_no_data_for_the_training_set(tmp_path, capsys, monkeypatch):
+    """--eval-only of a COCO split with a shapes training set generated the shapes data first."""
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))  # no COCO there
+    lazy = tmp_path / "lazy_shapes"
+    if "rel_lazy_shapes_train" not in datasets.DatasetCatalog.list():
+        datasets.register_shapes("rel_lazy_shapes_train", "train", lazy)
+    rc = load_tool("train_net").run(["--eval-only", "--config-file", str(ROOT / SHAPES), *map(str, SMALL),
+                                     "OUTPUT_DIR", str(tmp_path / "ev"), "DATASETS.TRAIN",
+                                     "('rel_lazy_shapes_train',)", "DATASETS.TEST",
+                                     "('coco_2014_minival8k',)"])
+    err = capsys.readouterr().err
+    missing = tmp_path / "datasets" / "coco" / "annotations" / "instances_val2014.json"
+    assert rc == 2 and err.splitlines()[-1] == f"error: coco_2014_minival8k needs {missing} (detectron2's " \
+                                                "$DETECTRON2_DATASETS/coco layout)", err[-2000:]
+    assert not lazy.exists()  # the training set it does not read was not generated

@@ -224,3 +224,135 @@ def test_report_refuses_to_overwrite_a_plot_without_force(tmp_path, capsys):
     rc, _, err = _tool(capsys, "report", run, "--plot", plot, "--force")
     assert rc == 0, err
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- A search killed as it starts; foreign databases ----------------------------------------------
+def _killed_python(code: str) -> int:
+    """Run ``code`` in a fresh interpreter that imports this checkout; its exit code (< 0: a signal)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300).returncode
+
+
+def _search_then_sigterm(run, patch: str) -> int:
+    """``search.py run`` of 4 children in a subprocess whose ``patch`` sends it SIGTERM."""
+    argv = ["search.py", "--quiet", "run", "--run-dir", str(run), *SYNTHETIC, "search.num_children", "4"]
+    return _killed_python(f"import os, runpy, signal, sys, time\n{patch}\nsys.argv = {argv!r}\n"
+                          f"runpy.run_path({str(ROOT / 'tools' / 'search.py')!r}, run_name='__main__')\n")
+
+
+def _usable(capsys, run, expect_children: int) -> None:
+    """report and export of ``run`` work (exit 0) and see ``expect_children`` children."""
+    rc, out, err = _tool(capsys, "report", run)
+    assert rc == 0 and f"| {expect_children} | {expect_children} | 0 | 0 |" in out, err
+    rc, out, err = _tool(capsys, "export", run, "--top", 1, "--output", run / "genotypes")
+    assert rc == 0 and (run / "genotypes" / "top1.json").is_file(), err
+
+
+SIGTERM_AT = {
+    # where the kill lands -> what the folder is then: "fresh" (run starts afresh), "resume" (run names
+    # --resume, which finishes the search)
+    "before the database is renamed into place": (
+        "os.replace = lambda *a, **k: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60))", "fresh"),
+    "after the database, before config.yaml": (
+        "import nasnet_core.search.runner as r\n"
+        "r.write_config = lambda *a, **k: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60))", "resume"),
+}
+
+
+@pytest.mark.parametrize("where", list(SIGTERM_AT))
+def test_sigterm_as_a_search_starts_leaves_a_usable_folder(tmp_path, capsys, where):
+    """SIGTERM between a search's database and its settings left a database without metadata: `run`
+    refused the folder and --resume / report / export crashed (KeyError: 'config')."""
+    run = tmp_path / "run"
+    patch, expect = SIGTERM_AT[where]
+    assert _search_then_sigterm(run, patch) == -15
+    if expect == "fresh":  # killed with the database built but not yet in place
+        assert list(run.glob(".search.db.*.tmp")) and not (run / "search.db").exists()
+    else:  # killed with the database in place, before config.yaml
+        assert RunStore(run).meta()["config"]["search"]["num_children"] == 4
+        assert not (run / "config.yaml").exists()
+    rc, out, err = _run(capsys, run, n=4)
+    if expect == "resume":
+        line = _one_error_line(err)
+        assert rc == 2 and "already holds a search" in line and f"--resume {run}" in line
+        rc, out, err = _tool(capsys, "--resume", run)
+    assert rc == 0 and json.loads(out.splitlines()[-1])["children"] == 4, err
+    assert load_config(run / "config.yaml", schema=SEARCH)["search"]["num_children"] == 4
+    assert not list(run.glob(".search.db.*"))  # the unfinished temp database is gone
+    _usable(capsys, run, 4)
+
+
+def test_database_without_settings_left_by_an_older_version(tmp_path, capsys):
+    """Older versions made search.db (tables, no metadata), then wrote config.yaml, then the metadata;
+    a folder killed in between now gives one line naming `run`, and `run` starts afresh in it."""
+    from nasnet_core.search import store
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("search: {num_children: 4}\n")
+    old_start = ("import os, signal, sqlite3\nfrom nasnet_core.search.store import _SCHEMA\n"
+                 f"open({str(run / 'search.lock')!r}, 'a')\n"
+                 f"db = sqlite3.connect({str(run / 'search.db')!r}, isolation_level=None)\n"
+                 "db.execute('PRAGMA journal_mode=WAL'); db.executescript(_SCHEMA)\n"
+                 "os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert _killed_python(old_start) == -9
+    assert sqlite3.connect(run / "search.db").execute("SELECT COUNT(*) FROM meta").fetchone() == (0,)
+    for argv in (["--resume", run], ["resume", run], ["report", run], ["export", run, "--top", 1]):
+        rc, _, err = _tool(capsys, *argv)
+        line = _one_error_line(err)
+        assert rc == 2 and f"{run / 'search.db'} holds no search settings" in line, line
+        assert f"tools/search.py run --run-dir {run}" in line
+    assert _run(capsys, run, n=4)[0] == 0
+    assert RunStore(run).count("done") == 4 and store.DB_NAME in os.listdir(run)
+    _usable(capsys, run, 4)
+
+
+def _foreign_db(path, children_columns="id INTEGER PRIMARY KEY, decisions TEXT, status TEXT"):
+    db = sqlite3.connect(path)
+    db.executescript(f"CREATE TABLE meta (key TEXT, value TEXT); CREATE TABLE children ({children_columns});"
+                     "CREATE TABLE strategy (id INTEGER, state BLOB, num_asked INTEGER, num_told INTEGER,"
+                     " num_updates INTEGER); INSERT INTO meta VALUES ('config', '{}');"
+                     "INSERT INTO children VALUES (0, '[1]', 'done');")
+    db.commit()
+    db.close()
+
+
+def test_children_table_without_a_column_is_one_line(tmp_path, capsys):
+    """A children table lacking `genotype` (and reward, ...) gave KeyError: 'genotype' in report / export."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _foreign_db(run / "search.db")
+    for argv in (["--resume", run], ["report", run], ["export", run]):
+        rc, _, err = _tool(capsys, *argv)
+        line = _one_error_line(err)
+        assert rc == 2 and f"{run / 'search.db'} is not a search database (its children table lacks " \
+                           "column(s) error, genotype, reward, seconds, seq, t_asked, t_finished, " \
+                           "t_started, worker)" in line, line
+
+
+def test_report_never_modifies_a_foreign_sqlite_file(tmp_path, capsys):
+    """report / export / --resume of a folder whose search.db is another program's SQLite database: one
+    line, and the file is byte-identical (report used to switch it to WAL mode)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    db = sqlite3.connect(run / "search.db")
+    db.executescript("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ada');")
+    db.commit()
+    db.close()
+    before = (run / "search.db").read_bytes()
+    assert before[18:20] == b"\x01\x01"  # rollback-journal mode (WAL would be 2, 2)
+    for argv in (["report", run], ["export", run], ["--resume", run]):
+        rc, _, err = _tool(capsys, *argv)
+        assert rc == 2 and "is not a search database (tables: ['users'])" in _one_error_line(err)
+        assert (run / "search.db").read_bytes() == before, argv
+        assert os.listdir(run) == ["search.db"]  # no lock file, no -wal / -shm either
+
+
+def test_export_says_when_fewer_children_finished_than_asked(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _run(capsys, run, n=8)[0] == 0
+    rc, out, err = _tool(capsys, "export", run, "--top", 20, "--output", tmp_path / "g")
+    assert rc == 0 and len(out.split()) == 8 and len(list((tmp_path / "g").iterdir())) == 8
+    assert err.strip() == f"exported 8 of the 20 asked; only 8 children of {run} finished"
+    rc, out, err = _tool(capsys, "export", run, "--top", 8, "--output", tmp_path / "h")
+    assert rc == 0 and len(out.split()) == 8 and err == ""

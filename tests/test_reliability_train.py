@@ -4,6 +4,7 @@ no non-finite checkpoint, up-front config checks, readable files, stale temp fil
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,91 @@ def test_stale_temp_files_cleaned_when_a_run_starts(tmp_path):
     resumed = Trainer(cfg, resume=True)
     resumed.fit()
     assert not any(p.exists() for p in stale) and keep.exists()
+
+
+# ------------------------------------------------------------ one training per output folder
+def _gated_training(tmp_path, *args) -> tuple:
+    """train_classifier.py in a subprocess that stops just before it writes config.yaml (its first
+    file) until ``tmp_path/go`` exists: (process, file it creates when it is there)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    there, go = tmp_path / "there", tmp_path / "go"
+    code = ("import os, runpy, sys, time\nfrom pathlib import Path\nimport nasnet_core.train.trainer as tr\n"
+            "real = tr.write_config\n"
+            "def gated(*a, **k):\n"
+            f"    Path({str(there)!r}).write_text(str(os.getpid()))\n"
+            f"    while not Path({str(go)!r}).exists():\n"
+            "        time.sleep(0.05)\n"
+            "    return real(*a, **k)\n"
+            "tr.write_config = gated\n"
+            f"sys.argv = {['train_classifier.py', *map(str, args)]!r}\n"
+            f"runpy.run_path({str(ROOT / 'tools' / 'train_classifier.py')!r}, run_name='__main__')\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not there.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc, go
+
+
+@pytest.mark.slow
+def test_two_trainings_started_together_on_one_folder(tmp_path):
+    """Both ran and left a mixed folder (config.yaml of one, last.pth of the other)."""
+    data = make_cifar(tmp_path / "d", per_batch=8)
+    cfg_file = _config_file(tmp_path, data, "run")
+    run = tmp_path / "run"
+    first, go = _gated_training(tmp_path, "--config", cfg_file, "solver.lr", "0.1")  # waits, holding run
+    try:
+        r = _tool("--config", cfg_file, "solver.lr", "0.05")  # passes the folder check: nothing written yet
+        _one_line_error(r, f"{run} is in use by another training run (pid {first.pid} on ", "wait for it")
+    finally:
+        go.write_text("")
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    # the folder is the first run's alone: its config, its checkpoint, its two epochs
+    assert load_config(run / "config.yaml")["solver"]["lr"] == 0.1
+    ckpt = torch.load(run / "last.pth", weights_only=False)
+    assert ckpt["config"]["solver"]["lr"] == 0.1 and ckpt["epoch"] == 2
+    assert [m["epoch"] for m in json.loads((run / "metrics.json").read_text())] == [1, 2]
+    assert f"pid {first.pid} on " in (run / "train.lock").read_text()  # the last holder, for the record
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_folder(tmp_path):
+    """Two --resume runs of one folder both trained and both wrote last.pth."""
+    data = make_cifar(tmp_path / "d", per_batch=8)
+    cfg_file = _config_file(tmp_path, data, "run")
+    run = tmp_path / "run"
+    part = Trainer(load_config(cfg_file))
+    part.fit(stop_after_epochs=1)
+    part.close()
+    first, go = _gated_training(tmp_path, "--config", cfg_file, "--resume")
+    try:
+        r = _tool("--config", cfg_file, "--resume")
+        _one_line_error(r, f"{run} is in use by another training run (pid {first.pid} on ")
+        assert torch.load(run / "last.pth", weights_only=False)["epoch"] == 1  # untouched by the refused one
+    finally:
+        go.write_text("")
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert [m["epoch"] for m in json.loads((run / "metrics.json").read_text())] == [1, 2]
+    # a trainer that read last.pth before another run moved it on refuses to write over the newer one
+    cfg = load_config(cfg_file, ["solver.epochs", "3"])
+    early, late = Trainer(cfg, resume=True), Trainer(cfg, resume=True)
+    early.fit()
+    early.close()
+    with pytest.raises(ValueError, match=r"last\.pth changed after this run read it .* --resume"):
+        late.fit()
+    assert torch.load(run / "last.pth", weights_only=False)["epoch"] == 3
+    # the same for two new runs built before either trained: the second sees the first's run
+    fresh = load_config(cfg_file, ["train.output_dir", str(tmp_path / "fresh"), "solver.epochs", "1"])
+    a, b = Trainer(fresh), Trainer(fresh)
+    a.fit()
+    a.close()
+    with pytest.raises(ValueError, match="already holds a training run"):
+        b.fit()

@@ -33,8 +33,7 @@ def _fake_run(run_dir: Path, outcomes: list) -> list[str]:
     genotypes = [random_genotype(rng, 2, ops=space.ops, combiners=space.combiners, outputs=(space.output,))
                  for _ in outcomes]
     genotypes[3] = genotypes[1]  # the same cell sampled twice
-    store = RunStore(run_dir, create=True)
-    store.init({"config": cfg}, b"", (0, 0, 0))
+    store = RunStore.create(run_dir, {"config": cfg}, b"", (0, 0, 0))
     ids = store.add_children([(space.encode(g), g.to_string()) for g in genotypes], b"", (0, 0, 0))
     for i, r in zip(ids, outcomes):
         store.finish_child(i, {"status": "failed", "error": "x"} if r is None else

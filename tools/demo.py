@@ -9,11 +9,14 @@
 Trailing ``KEY VALUE`` pairs override the config (as in train_net.py); the older spelling
 ``--opts KEY VALUE ...`` is still read. Files that cannot be read as images are skipped with
 one line each and counted at the end; MODEL.WEIGHTS that do not fill the backbone are refused.
+Each drawing keeps its image's path below the folder that holds every input (inputs a/x.jpg, b/x.jpg
+and b/x.png give OUTPUT/a/x.jpg, OUTPUT/b/x.jpg and OUTPUT/b/x.png): one file per image drawn.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,6 +25,7 @@ import cv2
 import tqdm
 
 from nasnet_core.common.cli import tool_main
+from nasnet_core.common.fileio import atomic_write_bytes
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+")
@@ -53,7 +57,7 @@ def parse_args(argv=None):
 
 
 def list_images(inputs) -> list[Path]:
-    """Image files named directly or found (sorted) in the given folders."""
+    """Image files named directly or found (sorted) in the given folders, each once."""
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -62,7 +66,27 @@ def list_images(inputs) -> list[Path]:
             files.append(item)
         else:
             raise FileNotFoundError(f"input not found: {item}")
-    return files
+    seen = set()
+    return [p for p in files if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
+
+
+def output_names(files: list[Path]) -> list[Path]:
+    """Each image's drawing, relative to --output: its path below the folder holding every input
+    (``a/x.jpg``, ``b/x.jpg``, ``b/x.png`` stay three files); other suffixes get ``.jpg`` added."""
+    if not files:
+        return []
+    paths = [Path(os.path.abspath(p)) for p in files]
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    rel = [p.relative_to(root) for p in paths]
+    return [r if r.suffix.lower() in IMAGE_EXTS else r.with_name(r.name + ".jpg") for r in rel]
+
+
+def write_image(path: Path, bgr) -> None:
+    """Encode ``bgr`` in the format of ``path``'s suffix and write it atomically."""
+    ok, data = cv2.imencode(path.suffix, bgr)
+    if not ok:
+        raise ValueError(f"cannot encode an image as {path.suffix} for {path}")
+    atomic_write_bytes(path, data.tobytes())
 
 
 def read_image(path: Path):
@@ -86,7 +110,7 @@ def frames(video: str, stride: int):
         if not ok:
             break
         if i % stride == 0:
-            yield f"{Path(video).stem}_{i:06d}", frame
+            yield Path(f"{Path(video).stem}_{i:06d}.jpg"), frame
         i += 1
     cap.release()
 
@@ -109,23 +133,26 @@ def main(argv=None) -> int:
     skipped = []
 
     def items():
-        for p in files:
+        for p, name in zip(files, output_names(files)):
             img = read_image(p)
             if img is None:  # one line, then the next file
                 skipped.append(p)
                 tqdm.tqdm.write(f"skipped {p}: cannot read it as an image", file=sys.stderr)
                 continue
-            yield p.stem, img
+            yield name, img
         if args.video_input:
             yield from frames(args.video_input, args.video_stride)
 
-    count = 0
+    written = set()
     for name, bgr in tqdm.tqdm(items(), desc="demo"):
         inst = predictor(bgr)
         inst = inst[inst.scores >= args.confidence_threshold]
         drawn = draw_instances(bgr[:, :, ::-1], inst, predictor.metadata)
-        cv2.imwrite(str(out / f"{name}.jpg"), drawn[:, :, ::-1])
-        count += 1
+        while name in written:  # a video frame named like an image
+            name = name.with_name(f"{name.stem}_video{name.suffix}")
+        write_image(out / name, drawn[:, :, ::-1])
+        written.add(name)
+    count = len(written)
     if count == 0 and skipped:
         raise ValueError(f"none of the {len(skipped)} input image(s) could be read")
     note = f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""

@@ -70,8 +70,12 @@ def cmd_export(args) -> None:
     from nasnet_core.search.report import export_top, load_run
 
     out = args.output or Path(args.run_dir) / "export"
-    for path in export_top(load_run(args.run_dir), args.top, out, overwrite=args.force):
+    paths = export_top(load_run(args.run_dir), args.top, out, overwrite=args.force)
+    for path in paths:
         print(path)
+    if len(paths) < args.top:
+        print(f"exported {len(paths)} of the {args.top} asked; only {len(paths)} children of "
+              f"{args.run_dir} finished", file=sys.stderr)
 
 
 def cmd_retrain(args) -> dict:

@@ -66,9 +66,9 @@ def parser():
 
 
 def prepare_datasets(args) -> None:
-    """Generate missing shapes datasets once, before ``launch`` starts the processes (each rank
-    would otherwise write the same folders at the same time)."""
-    ensure_shapes_datasets(setup_cfg_plain(args.config_file, args.opts))
+    """Check the dataset names and generate the missing shapes datasets the run reads once, before
+    ``launch`` starts the processes (each rank would otherwise write the same folders at once)."""
+    ensure_shapes_datasets(setup_cfg_plain(args.config_file, args.opts), args.eval_only)
 
 
 @tool_main

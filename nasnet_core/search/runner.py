@@ -12,7 +12,7 @@ from ..common.config import SEARCH, load_config, write_config
 from .base import make_strategy, state_from_bytes, state_to_bytes
 from .executor import make_executor
 from .rewards import build_space
-from .store import DB_NAME, RunStore
+from .store import DB_NAME, RunStore, left_by_start
 
 __all__ = ["start_search", "resume_search", "topk_means", "check_config", "check_values",
            "check_run_dir"]
@@ -98,7 +98,7 @@ def check_run_dir(run_dir: str | Path, force: bool = False) -> None:
         raise ValueError(f"run directory {run_dir} is not a folder")
     if not run_dir.is_dir() or (run_dir / DB_NAME).exists() or force:
         return  # new, or a search (RunStore names --resume)
-    found = sorted(p.name for p in run_dir.iterdir())
+    found = sorted(p.name for p in run_dir.iterdir() if not left_by_start(p.name))  # a search stopped at once
     if found:
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise ValueError(f"run directory {run_dir} is not empty and holds no search ({shown}); choose a "
@@ -117,10 +117,10 @@ def start_search(run_dir: str | Path, config: dict | None = None, progress: bool
     space = build_space(cfg["space"])
     strategy = make_strategy(cfg["search"]["strategy"], space, seed=cfg["search"]["seed"],
                              **cfg["search"]["strategy_hparams"])
-    with _executor(cfg) as executor, RunStore(run_dir, create=True, lock=True) as store:  # Ray first
-        write_config(cfg, Path(run_dir) / "config.yaml", SEARCH)
-        store.init({"config": cfg, "space": space.to_dict()}, state_to_bytes(strategy.state_dict()),
-                   _counts(strategy))
+    with _executor(cfg) as executor, RunStore.create(
+            run_dir, {"config": cfg, "space": space.to_dict()},
+            state_to_bytes(strategy.state_dict()), _counts(strategy)) as store:  # Ray first
+        write_config(cfg, Path(run_dir) / "config.yaml", SEARCH)  # a copy to read; the database holds it
         return _run(store, cfg, space, strategy, progress, executor)
 
 
@@ -137,6 +137,8 @@ def resume_search(run_dir: str | Path, progress: bool = True, num_children: int 
                                  **cfg["search"]["strategy_hparams"])
         strategy.load_state_dict(state_from_bytes(store.strategy_state()))
         with _executor(cfg) as executor:  # before the store is changed
+            if not (store.run_dir / "config.yaml").exists():  # stopped between its database and config.yaml
+                write_config(cfg, store.run_dir / "config.yaml", SEARCH)
             return _run(store, cfg, space, strategy, progress, executor)
 
 

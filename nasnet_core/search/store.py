@@ -3,22 +3,29 @@
 Each state change is one transaction that writes the children rows *and* the strategy state
 together, so after a crash or SIGKILL the database holds a consistent snapshot: children that
 were asked but not finished are still ``pending`` and the strategy state is the one that asked
-them; resuming re-runs exactly those.
+them; resuming re-runs exactly those. The database itself is born complete (``RunStore.create``):
+built with its metadata under a temp name and renamed into place, so a kill while a search starts
+leaves no ``search.db`` or one that resumes. Readers (report, export, retrain) open it read-only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
 from ..common.errors import ProjectError
+from ..common.fileio import atomic_write_bytes
+from ..common.locks import lock_folder
 
-__all__ = ["RunStore", "DB_NAME", "LOCK_NAME", "StoreError"]
+__all__ = ["RunStore", "DB_NAME", "LOCK_NAME", "StoreError", "left_by_start"]
 
 DB_NAME = "search.db"
 LOCK_NAME = "search.lock"  # flocked by the one process writing the run (run or resume)
+_TEMP_GLOB = f".{DB_NAME}.*.tmp"  # a database being built (RunStore.create)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,42 +59,103 @@ class StoreError(ProjectError, RuntimeError):
     """A missing, foreign or inconsistent run directory."""
 
 
-def _take_lock(run_dir: Path):
-    """An exclusive flock on ``RUN_DIR/search.lock`` held until closed; StoreError if another holds it.
+_MIGRATED = {"accuracy": "REAL", "mult_adds": "INTEGER"}  # children columns newer than the first runs
 
-    The kernel drops the lock when its process dies (even by SIGKILL), so no stale lock is left."""
-    import fcntl
 
-    handle = open(run_dir / LOCK_NAME, "a")  # noqa: SIM115 - held open for the store's lifetime
+def _schema_columns() -> dict[str, set[str]]:
+    """Each table's columns as ``_SCHEMA`` defines them."""
+    db = sqlite3.connect(":memory:")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise StoreError(f"{run_dir} is in use by another search process (run or --resume); wait "
-                         "for it to finish or stop it first") from None
-    return handle
+        db.executescript(_SCHEMA)
+        tables = ("meta", "children", "strategy")
+        return {t: {r[1] for r in db.execute(f"PRAGMA table_info({t})")} for t in tables}
+    finally:
+        db.close()
+
+
+_COLUMNS = _schema_columns()
+
+
+def left_by_start(name: str) -> bool:
+    """Whether ``name`` is a file a search leaves in its folder before its database exists (the lock,
+    a database being built): a folder holding only these is a search that was stopped as it started."""
+    return name == LOCK_NAME or Path(name).match(_TEMP_GLOB)
+
+
+def _take_lock(run_dir: Path):
+    """An exclusive flock on ``RUN_DIR/search.lock`` held until closed; StoreError if another holds it."""
+    return lock_folder(run_dir, LOCK_NAME, "another search process (run or --resume)", StoreError)
+
+
+def _check_tables(db: sqlite3.Connection, path: Path) -> set[str]:
+    """StoreError unless ``db`` holds the search tables with their columns (read-only); returns the
+    children columns newer than the database (``_MIGRATED``) that it lacks."""
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not set(_COLUMNS) <= tables:
+        raise StoreError(f"{path} is not a search database (tables: {sorted(tables)})")
+    have = {t: {r[1] for r in db.execute(f"PRAGMA table_info({t})")} for t in _COLUMNS}
+    for table, want in _COLUMNS.items():
+        lacking = sorted(want - have[table] - (set(_MIGRATED) if table == "children" else set()))
+        if lacking:
+            raise StoreError(f"{path} is not a search database (its {table} table lacks column(s) "
+                             f"{', '.join(lacking)})")
+    return set(_MIGRATED) - have["children"]
+
+
+def _unstarted(db: sqlite3.Connection) -> bool:
+    """A database with the tables but no settings: an older version's search killed as it started."""
+    return db.execute("SELECT COUNT(*) FROM meta WHERE key = 'config'").fetchone()[0] == 0
+
+
+def _remove_unstarted(path: Path, run_dir: Path) -> None:
+    """Delete ``path`` if it is an unstarted search (no settings, no child); else StoreError (a search)."""
+    with RunStore(run_dir, check_started=False) as old:
+        unstarted = _unstarted(old.db) and old.count() == 0
+    if not unstarted:
+        raise StoreError(f"{run_dir} already holds a search; resume it with --resume {run_dir} or choose "
+                         "another run directory")
+    for p in (path, path.with_name(DB_NAME + "-wal"), path.with_name(DB_NAME + "-shm")):
+        p.unlink(missing_ok=True)
+
+
+def _build(path: Path, meta: dict, strategy_state: bytes, counts: tuple[int, int, int]) -> None:
+    """Write schema, ``meta`` and the strategy state into a temp database beside ``path``, then put its
+    bytes at ``path`` with the atomic writer: the database appears complete or not at all."""
+    for stale in path.parent.glob(_TEMP_GLOB):  # left by a killed build (the caller holds the lock)
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{DB_NAME}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=MEMORY")  # no journal file beside the temp
+            db.executescript(_SCHEMA)
+            db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            db.execute("INSERT INTO strategy VALUES (0, ?, ?, ?, ?)", (strategy_state, *counts))
+        finally:
+            db.close()
+        atomic_write_bytes(path, Path(tmp).read_bytes())
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 class RunStore:
-    """Transactional access to ``RUN_DIR/search.db``."""
+    """Transactional access to ``RUN_DIR/search.db``: read-only, or as the run's one writer (``lock``)."""
 
-    def __init__(self, run_dir: str | Path, create: bool = False, lock: bool = False):
-        """Open (or with ``create``, make) the run's database; ``lock``: as its one writing process."""
+    def __init__(self, run_dir: str | Path, lock: bool = False, check_started: bool = True, _held=None):
+        """Open the run's database; ``lock``: as its one writing process (else read-only, changing no byte
+        of the file: a foreign SQLite file is refused as it is)."""
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
-        self._lock = None
-        if create:
-            if self.path.exists():
-                raise StoreError(f"{self.run_dir} already holds a search; resume it with --resume "
-                                 f"{self.run_dir} or choose another run directory")
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        elif not self.path.is_file():
+        self.db, self._lock, self._missing = None, _held, set()
+        if not self.path.is_file():
             raise StoreError(f"no search found in {self.run_dir} (missing {DB_NAME})")
-        if lock:
-            self._lock = _take_lock(self.run_dir)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
-            self._open(create)
+            if lock and _held is None:
+                self._open(False, check_started)  # a foreign or unstarted file: refused before any write
+                self.db.close()
+                self._lock = _take_lock(self.run_dir)
+            self._open(self._lock is not None, check_started)
         except sqlite3.DatabaseError as e:
             self.close()
             raise StoreError(f"{self.path} is not a search database ({e})") from None
@@ -95,20 +163,42 @@ class RunStore:
             self.close()
             raise
 
-    def _open(self, create: bool) -> None:
+    @classmethod
+    def create(cls, run_dir: str | Path, meta: dict, strategy_state: bytes,
+               counts: tuple[int, int, int]) -> RunStore:
+        """Make the run's database holding ``meta`` and the first strategy state; open it as the writer.
+
+        StoreError when ``run_dir`` already holds a search; a database an older version left without
+        settings and children (killed as it started) is replaced."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = _take_lock(run_dir)
+        try:
+            path = run_dir / DB_NAME
+            if path.exists():
+                _remove_unstarted(path, run_dir)
+            _build(path, meta, strategy_state, counts)
+        except BaseException:
+            handle.close()
+            raise
+        return cls(run_dir, _held=handle)  # closes the lock if the open fails
+
+    def _open(self, write: bool, check_started: bool) -> None:
+        uri = self.path.absolute().as_uri() + ("" if write else "?mode=ro")
+        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60)
         self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")  # one fsync per commit; commits stay atomic and durable
-        self.db.execute("PRAGMA synchronous=FULL")
-        if create:
-            self.db.executescript(_SCHEMA)
-            return
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"meta", "children", "strategy"} <= tables:
-            raise StoreError(f"{self.path} is not a search database (tables: {sorted(tables)})")
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(children)")}
-        for name, kind in (("accuracy", "REAL"), ("mult_adds", "INTEGER")):  # runs made before them
-            if name not in columns:
-                self.db.execute(f"ALTER TABLE children ADD COLUMN {name} {kind}")
+        self._missing = _check_tables(self.db, self.path)  # before anything is written to the file
+        if check_started and _unstarted(self.db):
+            raise StoreError(f"{self.path} holds no search settings: the search that made it was stopped as "
+                             f"it started, before any child; start it again with tools/search.py run "
+                             f"--run-dir {self.run_dir} (it replaces this database)" if self.count() == 0 else
+                             f"{self.path} is not a search database (it holds children but no settings)")
+        if write:
+            self.db.execute("PRAGMA journal_mode=WAL")  # one fsync per commit; commits atomic and durable
+            self.db.execute("PRAGMA synchronous=FULL")
+            for name in sorted(self._missing):  # runs made before these columns
+                self.db.execute(f"ALTER TABLE children ADD COLUMN {name} {_MIGRATED[name]}")
+            self._missing = set()
 
     def close(self) -> None:
         """Close the database and release the writer lock."""
@@ -139,12 +229,6 @@ class RunStore:
         return _T()
 
     # ---- meta ------------------------------------------------------------
-    def init(self, meta: dict, strategy_state: bytes, counts: tuple[int, int, int]) -> None:
-        """Write the run's metadata and the initial strategy state (one transaction)."""
-        with self._txn() as db:
-            db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
-            db.execute("INSERT INTO strategy VALUES (0, ?, ?, ?, ?)", (strategy_state, *counts))
-
     def meta(self) -> dict:
         """All metadata (decoded from JSON)."""
         return {r["key"]: json.loads(r["value"]) for r in self.db.execute("SELECT key, value FROM meta")}
@@ -201,7 +285,8 @@ class RunStore:
         """Children rows (decisions decoded), in id order, optionally of one status."""
         q = "SELECT * FROM children" + (" WHERE status = ?" if status else "") + " ORDER BY id"
         rows = self.db.execute(q, (status,) if status else ()).fetchall()
-        return [dict(r, decisions=json.loads(r["decisions"])) for r in rows]
+        blank = dict.fromkeys(self._missing)  # columns a read-only open of an older run lacks
+        return [{**blank, **dict(r), "decisions": json.loads(r["decisions"])} for r in rows]
 
     def decisions(self, child_id: int) -> list[int]:
         """The decision list of one child; StoreError if there is no such child."""

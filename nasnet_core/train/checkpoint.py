@@ -1,23 +1,28 @@
 """Training checkpoints: checking what was read, RNG state capture (exact resume), the run folder
-guard (no silent overwrite), the finite-weights guard and the shape check of a resume."""
+guard (no silent overwrite, one training at a time), the finite-weights guard and the shape check of a
+resume."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..common.fileio import read_checkpoint
+from ..common.locks import lock_folder
 from ..interop.convert import CheckpointMismatch
 
 __all__ = ["load_training_checkpoint", "is_training_checkpoint", "rng_state", "set_rng_state", "RUN_FILES",
-           "RunExistsError", "TrainingDiverged", "check_output_dir", "diverged", "nonfinite_tensors",
-           "first_mismatch", "load_weights"]
+           "RunExistsError", "TrainingDiverged", "check_output_dir", "OutputClaim", "LOCK_NAME", "diverged",
+           "nonfinite_tensors", "first_mismatch", "load_weights"]
 
 RUN_FILES = ("config.yaml", "last.pth", "metrics.json", "backbone.pth")
 """Files whose presence makes a folder a training run's."""
+LOCK_NAME = "train.lock"  # flocked by the one process training into the folder (rank 0)
 
 
 class RunExistsError(ValueError):
@@ -39,6 +44,52 @@ def check_output_dir(out: str | Path, resume: bool, force: bool) -> None:
     if found:
         raise RunExistsError(f"{out} already holds a training run ({', '.join(found)}); pass --resume to "
                              "continue it or --force to overwrite it, or choose another --output")
+
+
+def _last_seen(out: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of ``out/last.pth``; None when there is none."""
+    try:
+        st = (out / "last.pth").stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class OutputClaim:
+    """Rank 0's hold on a training's output folder while it trains: the flock on ``OUT/train.lock``
+    (one training per folder; the kernel releases it when the process ends, even by SIGKILL) and, on
+    the first hold, the check under it that no other training wrote the folder since this one looked."""
+
+    def __init__(self, out: str | Path, resume: bool, force: bool, rank: int):
+        """Made before a resume reads ``last.pth``: that file as it is now is the one the run continues."""
+        self.out, self.rank = Path(out), rank
+        self._expect = None if force else ("resume", _last_seen(self.out)) if resume else ("new", None)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the folder for the ``with`` body (ranks other than 0 hold nothing); RunExistsError naming
+        the folder and the process that holds it, before anything is written."""
+        if self.rank != 0:
+            yield
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        handle = lock_folder(self.out, LOCK_NAME, "another training run", RunExistsError)
+        try:
+            self._recheck()
+            yield
+        finally:
+            handle.close()
+
+    def _recheck(self) -> None:
+        if self._expect is None:  # force, or this trainer's own run since its first hold
+            return
+        kind, seen = self._expect
+        if kind == "new":
+            check_output_dir(self.out, False, False)
+        elif _last_seen(self.out) != seen:
+            raise RunExistsError(f"{self.out / 'last.pth'} changed after this run read it (another training "
+                                 f"wrote {self.out} meanwhile); start again with --resume to continue it")
+        self._expect = None
 
 
 def diverged(what: str, step: int, last: Path) -> TrainingDiverged:

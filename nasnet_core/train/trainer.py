@@ -71,6 +71,7 @@ class Trainer:
         if cfg["model"]["norm"] == "SyncBN" and self.world > 1 and self.device.type == "cpu":
             raise ValueError("model.norm SyncBN needs CUDA under DDP (torch's SyncBatchNorm has no CPU "
                              "kernel); on CPU use GN (per-image statistics) or BN (per-process statistics)")
+        self.claim = ck.OutputClaim(t["output_dir"], bool(resume), force, self.rank)  # before last.pth's read
         self.log = log or (lambda msg: tqdm.write(msg) if self.rank == 0 else None)
         if t["threads"]:
             torch.set_num_threads(t["threads"])
@@ -286,44 +287,44 @@ class Trainer:
         """Train to ``solver.epochs`` (or ``stop_after_epochs`` more epochs), checkpointing every
         epoch; at the end export the backbone. Returns the last epoch's metrics."""
         t, epochs = self.cfg["train"], self.cfg["solver"]["epochs"]
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for p in remove_stale_temps(self.out):
-                self.log(f"removed {p.name}, left by an interrupted write")
-            write_config(self.cfg, self.out / "config.yaml")
-            self.log(f"{self.arch} {self.overrides} | {len(self.train_set)} train / {len(self.val_set)} "
-                     f"val images, {self.steps_per_epoch} steps/epoch x {epochs} epochs, device "
-                     f"{self.device}, world {self.world}, bf16 {self.amp}, channels_last "
-                     f"{self.channels_last} -> {self.out}")
-        end = epochs if stop_after_epochs is None else min(epochs, self.epoch + stop_after_epochs)
-        metrics = self.history[-1] if self.history else {}
-        while self.epoch < end:
-            t0 = time.perf_counter()
-            metrics = {"epoch": self.epoch + 1, **self.train_epoch()}
-            self.epoch += 1
-            self.model.set_training_step(self.step)
-            metrics["drop_path_keep"] = min(self.model.drop_path_keep_probs())
-            metrics["lr"] = self.schedule(self.step - 1)
-            if self.epoch % t["eval_every"] == 0 or self.epoch == epochs:
-                val = self.evaluate()
-                metrics.update({f"val_{k}": v for k, v in val.items() if k != "images"})
-                for k in ("top1", "top5", "loss"):
-                    self._scalar(f"val/{k}", val[k], self.epoch)
-            metrics["epoch_seconds"] = time.perf_counter() - t0
-            self._scalar("train/epoch_loss", metrics["train_loss"], self.epoch)
-            self.history.append(metrics)
-            self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                              for k, v in metrics.items()))
-            self.save("last.pth")
-            if t["keep_every"] and self.epoch % t["keep_every"] == 0:
-                self.save(f"epoch_{self.epoch:04d}.pth")
-            if self.rank == 0:
-                atomic_write_text(self.out / "metrics.json", json.dumps(self.history, indent=1))
-        if self.epoch >= epochs:
-            self.export_backbone()
-        if self.writer is not None:
-            self.writer.flush()
-        return metrics
+        with self.claim.held():  # OUT/train.lock: one training writes the folder at a time
+            if self.rank == 0:  # the claim made the folder
+                for p in remove_stale_temps(self.out):
+                    self.log(f"removed {p.name}, left by an interrupted write")
+                write_config(self.cfg, self.out / "config.yaml")
+                self.log(f"{self.arch} {self.overrides} | {len(self.train_set)} train / {len(self.val_set)} "
+                         f"val images, {self.steps_per_epoch} steps/epoch x {epochs} epochs, device "
+                         f"{self.device}, world {self.world}, bf16 {self.amp}, channels_last "
+                         f"{self.channels_last} -> {self.out}")
+            end = epochs if stop_after_epochs is None else min(epochs, self.epoch + stop_after_epochs)
+            metrics = self.history[-1] if self.history else {}
+            while self.epoch < end:
+                t0 = time.perf_counter()
+                metrics = {"epoch": self.epoch + 1, **self.train_epoch()}
+                self.epoch += 1
+                self.model.set_training_step(self.step)
+                metrics["drop_path_keep"] = min(self.model.drop_path_keep_probs())
+                metrics["lr"] = self.schedule(self.step - 1)
+                if self.epoch % t["eval_every"] == 0 or self.epoch == epochs:
+                    val = self.evaluate()
+                    metrics.update({f"val_{k}": v for k, v in val.items() if k != "images"})
+                    for k in ("top1", "top5", "loss"):
+                        self._scalar(f"val/{k}", val[k], self.epoch)
+                metrics["epoch_seconds"] = time.perf_counter() - t0
+                self._scalar("train/epoch_loss", metrics["train_loss"], self.epoch)
+                self.history.append(metrics)
+                self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in metrics.items()))
+                self.save("last.pth")
+                if t["keep_every"] and self.epoch % t["keep_every"] == 0:
+                    self.save(f"epoch_{self.epoch:04d}.pth")
+                if self.rank == 0:
+                    atomic_write_text(self.out / "metrics.json", json.dumps(self.history, indent=1))
+            if self.epoch >= epochs:
+                self.export_backbone()
+            if self.writer is not None:
+                self.writer.flush()
+            return metrics
 
     def evaluate_checkpoint(self, path: str | Path) -> dict:
         """Load a training checkpoint (its EMA when present) or an exported backbone, then evaluate."""
