@@ -83,9 +83,9 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], source: str, arch: s
     return out
 
 
-def _structure(desc: dict[str, int]) -> str:
-    return (f"{desc['num_cells']} normal cells, {desc['num_conv_filters']} filters, "
-            f"{desc['stem_filters']} stem filters")
+def _structure(desc: dict[str, int | None]) -> str:
+    return (f"{desc['num_cells'] or '?'} normal cells, {desc['num_conv_filters'] or '?'} filters, "
+            f"{desc['stem_filters'] or '?'} stem filters")
 
 
 def _from_tf_slim(tf_vars: dict, arch: str, **overrides) -> dict[str, torch.Tensor]:
@@ -93,12 +93,12 @@ def _from_tf_slim(tf_vars: dict, arch: str, **overrides) -> dict[str, torch.Tens
     desc = tf_slim.describe_tf_slim(tf_vars)
     if desc is None:
         first = ", ".join(sorted(tf_vars)[:3])
-        raise CheckpointMismatch(f"not a TF-slim NASNet checkpoint: no conv0/weights and cell_0/1x1/weights "
+        raise CheckpointMismatch(f"not a TF-slim NASNet checkpoint: no conv0/weights and no cell_<i>/ "
                                  f"among its {len(tf_vars)} variables (first: {first})")
     cfg = get_config(arch, **overrides)
     want = dict(num_cells=cfg.num_cells, num_conv_filters=cfg.num_conv_filters,
                 stem_filters=int(32 * cfg.stem_multiplier))
-    if desc != want:
+    if any(v is not None and v != want[k] for k, v in desc.items()):
         looks = tf_slim.identify_tf_slim(desc)
         hint = f"it looks like {looks}: convert it with --arch {looks}" if looks else \
             "no registered model has that structure"

@@ -142,21 +142,25 @@ def drop_tf_background(tf_vars: dict[str, np.ndarray], num_classes: int) -> dict
     return out
 
 
-def describe_tf_slim(tf_vars: dict[str, np.ndarray]) -> dict[str, int] | None:
-    """Structure read off a TF-slim NASNet checkpoint: normal cells, filters, stem filters (None when
-    it is not one: no ``conv0/weights`` or ``cell_0/1x1/weights``)."""
-    if "conv0/weights" not in tf_vars or "cell_0/1x1/weights" not in tf_vars:
-        return None
+def describe_tf_slim(tf_vars: dict[str, np.ndarray]) -> dict[str, int | None] | None:
+    """Structure read off a TF-slim NASNet checkpoint: normal cells, filters, stem filters (a value is
+    None where the variable telling it is absent; None when no ``conv0`` or ``cell_<i>`` is there)."""
     cells = {int(m.group(1)) for name in tf_vars if (m := re.match(r"cell_(\d+)/", name))}
-    return dict(num_cells=max(cells) + 1, num_conv_filters=int(tf_vars["cell_0/1x1/weights"].shape[-1]),
-                stem_filters=int(tf_vars["conv0/weights"].shape[-1]))
+    if not cells and "conv0/weights" not in tf_vars:
+        return None
+    width = {name: int(tf_vars[name].shape[-1]) for name in ("cell_0/1x1/weights", "conv0/weights")
+             if name in tf_vars and tf_vars[name].ndim == 4}
+    return dict(num_cells=max(cells) + 1 if cells else None, num_conv_filters=width.get("cell_0/1x1/weights"),
+                stem_filters=width.get("conv0/weights"))
 
 
-def identify_tf_slim(desc: dict[str, int]) -> str | None:
-    """The registered ImageNet NASNet-A whose structure is ``desc`` (None when none is)."""
+def identify_tf_slim(desc: dict[str, int | None]) -> str | None:
+    """The registered ImageNet NASNet-A whose structure is ``desc`` (its known parts; None when no
+    model has it)."""
     for name, cfg in MODELS.items():
+        have = dict(num_cells=cfg.num_cells, num_conv_filters=cfg.num_conv_filters,
+                    stem_filters=int(32 * cfg.stem_multiplier))
         if cfg.stem == "imagenet" and cfg.genotype == "nasnet_a" and \
-                (cfg.num_cells, cfg.num_conv_filters, int(32 * cfg.stem_multiplier)) == \
-                (desc["num_cells"], desc["num_conv_filters"], desc["stem_filters"]):
+                all(v is None or v == have[k] for k, v in desc.items()):
             return name
     return None
