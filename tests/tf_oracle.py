@@ -27,13 +27,11 @@ def find_archive() -> Path | None:
 
 def tf_v1():
     """``tensorflow.compat.v1`` with graph mode on; skips the test when TensorFlow is absent."""
-    import nasnet_core.common.tf_guard  # noqa: F401 - triton before TensorFlow, never after
-
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # the OD API needs Keras 2 (tf-keras)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from nasnet_core.interop.tf_checkpoint import TFCheckpointError, import_tensorflow
 
-    try:  # triton before TensorFlow, or a later torch import of triton segfaults the test session
+    try:  # through nasnet_core: triton before TensorFlow (tf_guard), TF's start-up lines silenced
         import_tensorflow()
     except TFCheckpointError:
         pass  # importorskip below gives the reason

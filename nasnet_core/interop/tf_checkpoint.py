@@ -7,18 +7,16 @@ exists it replaces its variable. Optimizer slots (``<var>/RMSProp``, ``/Momentum
 and bookkeeping scalars (``global_step``) are dropped. TensorFlow is needed only here, as the
 ``tf`` extra; without it the error says which extra to install.
 
-Import TensorFlow only through ``import_tensorflow``: triton (which torch imports lazily, e.g. for
-meta-device tensors or ``torch.compile``) loaded *after* TensorFlow crashes the process with a
-segmentation fault (their bundled LLVMs clash); loaded before, both work. It also keeps TF's C++
-start-up lines (printed before ``TF_CPP_MIN_LOG_LEVEL`` is read) off stderr, so a tool's error stays
-its one line; they are replayed if the import fails.
+Import TensorFlow only through ``import_tensorflow``: it keeps TF's C++ start-up lines (printed
+before ``TF_CPP_MIN_LOG_LEVEL`` is read) off stderr, so a tool's error stays its one line; they are
+replayed if the import fails. (triton is already loaded by then: ``common/tf_guard.py``, imported
+first by ``nasnet_core``, because triton after TensorFlow segfaults the process.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import os
 import re
 import sys
@@ -41,14 +39,9 @@ class TFCheckpointError(ValueError):
 
 
 def import_tensorflow(module: str = "tensorflow"):
-    """Import ``module`` of TensorFlow, triton first where installed (see the module docstring);
-    TFCheckpointError naming the ``tf`` extra when TensorFlow is absent."""
+    """Import ``module`` of TensorFlow quietly (see the module docstring); TFCheckpointError naming
+    the ``tf`` extra when TensorFlow is absent."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        if importlib.util.find_spec("triton") is not None:
-            importlib.import_module("triton")
-    except ImportError:
-        pass  # a broken triton: torch cannot load it either
     with tempfile.TemporaryFile() as log:
         try:
             with _fd2_to(log):
