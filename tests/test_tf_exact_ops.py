@@ -1,0 +1,179 @@
+"""nasnet_det's TF-exact ops against TensorFlow's own functions (the vendored OD API where it is TF's
+code, tf.image otherwise): crop_and_resize, the fixed-shape resize and [-1, 1] scaling, box
+decoding, NMS, anchor order, the first-stage proposal selection and the second-stage post-processing.
+"""
+
+import numpy as np
+import pytest
+import torch
+from tf_oracle import tf_v1
+
+pytest.importorskip("detectron2", reason="detectron2 is not installed (see README: the [detectron2] extra)")
+
+from nasnet_det import tf_ops  # noqa: E402
+
+
+def run_tf(build):
+    """Build a graph with ``build(tf)`` (returns tensors) and evaluate it in a fresh session."""
+    tf = tf_v1()
+    graph = tf.Graph()
+    with graph.as_default():
+        outputs = build(tf)
+    with tf.Session(graph=graph) as sess:
+        return sess.run(outputs)
+
+
+def real_looking_image(h=480, w=640, seed=0) -> np.ndarray:
+    """An RGB uint8 photo stand-in: gradients, sinusoidal texture, hard-edged shapes, noise."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([90 + 80 * x / w, 60 + 100 * y / h, 120 + 40 * np.sin(x / 23.0) * np.cos(y / 17.0)], -1)
+    for _ in range(12):
+        y0, x0 = rng.randint(0, h - 20), rng.randint(0, w - 20)
+        img[y0:y0 + rng.randint(10, 150), x0:x0 + rng.randint(10, 200)] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def xyxy_to_tf(boxes: torch.Tensor) -> np.ndarray:
+    return boxes[:, [1, 0, 3, 2]].numpy()
+
+
+# ---------------------------------------------------------------- crop_and_resize
+
+
+def test_crop_and_resize_equals_tf_including_boxes_outside_the_image():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 5, 9, 13, generator=g) * 3
+    boxes = torch.rand(40, 4, generator=g) * 1.6 - 0.3          # partly / fully outside [0, 1]
+    boxes[:10] = torch.tensor([0.0, 0.0, 1.0, 1.0])             # whole map: samples at 0 and H - 1
+    boxes[10:20].clamp_(0, 1)
+    boxes[20:24] = boxes[20:24, [2, 1, 0, 3]]                   # y1 > y2: flipped crops
+    ind = torch.randint(0, 2, (40,), generator=g, dtype=torch.int32)
+    nhwc = feats.permute(0, 2, 3, 1).numpy()
+    for size in [(17, 17), (1, 1), (5, 3)]:
+        ref = run_tf(lambda tf, s=size: tf.image.crop_and_resize(nhwc, boxes.numpy(), ind.numpy(), s))
+        ours = tf_ops.crop_and_resize(feats, boxes, ind, size).permute(0, 2, 3, 1).numpy()
+        assert ours.shape == ref.shape
+        assert np.abs(ours - ref).max() < 1e-5, size
+        assert (ref == 0).sum() > 0 and ((ours == 0) == (ref == 0)).all()  # extrapolated samples
+
+
+def test_crop_and_resize_is_the_od_api_call_and_not_roialign(tf_models):
+    """The meta-architecture's multilevel_native_crop_and_resize (17 x 17, one level) is ours; ROIAlign
+    (cell centres) differs by far more than the tolerance."""
+    from detectron2.layers import ROIAlign
+
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(1, 4, 12, 12, generator=g)
+    ys, xs = (torch.rand(6, 2, generator=g).sort(dim=1).values for _ in range(2))
+    boxes = torch.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], -1)[None]  # (1, 6, 4): y1 x1 y2 x2
+
+    def build(tf):
+        from object_detection.utils import spatial_transform_ops as ops
+
+        return ops.multilevel_native_crop_and_resize([tf.constant(feats.permute(0, 2, 3, 1).numpy())],
+                                                     tf.constant(boxes.numpy()), None, [17, 17])
+
+    ref = run_tf(build)[0]
+    ours = tf_ops.crop_and_resize(feats, boxes[0], torch.zeros(6), (17, 17)).permute(0, 2, 3, 1).numpy()
+    assert np.abs(ours - ref).max() < 1e-5
+    yx = boxes[0] * 11  # the same boxes in pixels: ROIAlign samples cell centres instead
+    rois = torch.cat([torch.zeros(6, 1), yx[:, [1, 0, 3, 2]]], 1)
+    align = ROIAlign((17, 17), 1.0, 1, aligned=True)(feats, rois).permute(0, 2, 3, 1).numpy()
+    assert np.abs(align - ref).max() > 1e-2
+
+
+# ---------------------------------------------------------------- resize and scaling
+
+
+def test_fixed_shape_resize_and_nas_scaling_equal_tf(tf_models):
+    """image_resizer_builder's fixed_shape_resizer (1200 x 1200) + the NAS extractor's preprocess."""
+    image = real_looking_image()
+
+    def build(tf):
+        from google.protobuf import text_format
+        from object_detection.builders import image_resizer_builder
+        from object_detection.models import faster_rcnn_nas_feature_extractor as nas
+        from object_detection.protos import image_resizer_pb2
+
+        config = text_format.Parse("fixed_shape_resizer { height: 1200 width: 1200 }",
+                                   image_resizer_pb2.ImageResizer())
+        resized, shape = image_resizer_builder.build(config)(tf.cast(tf.constant(image), tf.float32))
+        return resized, shape, nas.FasterRCNNNASFeatureExtractor(False, 16).preprocess(resized)
+
+    ref_resized, ref_shape, ref_scaled = run_tf(build)
+    assert list(ref_shape) == [1200, 1200, 3]
+    ours = tf_ops.resize_bilinear_legacy(torch.from_numpy(image).permute(2, 0, 1), (1200, 1200))
+    assert np.abs(ours.permute(1, 2, 0).numpy() - ref_resized).max() < 1e-4
+    scaled = (ours * tf_ops.f32(2.0 / 255.0) - 1.0).permute(1, 2, 0).numpy()
+    assert np.abs(scaled - ref_scaled).max() < 1e-6
+
+
+# ---------------------------------------------------------------- decoding, NMS, anchors
+
+
+def test_box_decoding_equals_tf_faster_rcnn_box_coder(tf_models):
+    g = torch.Generator().manual_seed(2)
+    anchors = torch.rand(300, 2, generator=g) * 500
+    anchors = torch.cat([anchors, anchors + torch.rand(300, 2, generator=g) * 300 + 1], 1)
+    deltas = torch.randn(300, 4, generator=g) * 3  # exp(3 * 3 / 5) > 1000 / 16: beyond d2's clamp
+
+    def build(tf):
+        from object_detection.box_coders.faster_rcnn_box_coder import FasterRcnnBoxCoder
+        from object_detection.core.box_list import BoxList
+
+        coder = FasterRcnnBoxCoder(scale_factors=[10.0, 10.0, 5.0, 5.0])
+        return coder.decode(deltas[:, [1, 0, 3, 2]].numpy(), BoxList(tf.constant(xyxy_to_tf(anchors)))).get()
+
+    ref = run_tf(build)
+    ours = xyxy_to_tf(tf_ops.decode_boxes(deltas, anchors, (10.0, 10.0, 5.0, 5.0)))
+    assert np.abs(ours - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+def nms_case(seed=3, n=600):
+    """Clustered boxes (many overlaps), scores with exact ties, and pairs at IOU exactly 0.7 / 0.6."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(n // 20, 2, generator=g).repeat_interleave(20, 0) * 200
+    centres = centres + torch.randn(n, 2, generator=g) * 6
+    half = torch.rand(n, 2, generator=g) * 30 + 5
+    boxes = torch.cat([centres - half, centres + half], 1)
+    scores = (torch.rand(n, generator=g) * 8).floor() / 8  # ties, and zeros below the threshold
+    # IOU 7 / 10 and 6 / 10 exactly in float32: TF keeps a box at IOU == threshold (float32)
+    boxes[:4] = torch.tensor([[0.0, 0, 1, 10], [0, 0, 1, 7], [50, 0, 51, 10], [50, 0, 51, 6]])
+    scores[:4] = torch.tensor([0.99, 0.98, 0.97, 0.96])
+    return boxes, scores
+
+
+@pytest.mark.parametrize("iou", [0.7, 0.6, 0.5])
+def test_nms_selects_tf_boxes_in_tf_order(iou, monkeypatch):
+    boxes, scores = nms_case()
+    ref = run_tf(lambda tf: tf.image.non_max_suppression_with_scores(
+        xyxy_to_tf(boxes), scores.numpy(), 100, iou_threshold=iou, score_threshold=0.0)[0])
+    ours = tf_ops.nms(boxes, scores, iou, 100)
+    assert len(ref) == 100 and ours.tolist() == ref.tolist()
+    monkeypatch.setattr(tf_ops, "_NMS_BLOCK", 7)  # the block-wise path gives the same selection
+    assert tf_ops.nms(boxes, scores, iou, 1000).tolist()[:100] == ref.tolist()
+    if iou in (0.7, 0.6):  # the pair at exactly the threshold is kept: IOU > threshold drops
+        kept = set(ref.tolist()) & {0, 1, 2, 3}
+        assert kept == ({0, 1, 2, 3} if iou == 0.7 else {0, 2, 3})
+
+
+def test_anchor_order_maps_detectron2_anchors_to_tf_grid_anchors(tf_models):
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+
+    sizes, ratios = [64, 128, 256, 512], [0.5, 1.0, 2.0]
+    gen = DefaultAnchorGenerator(sizes=[sizes], aspect_ratios=[ratios], strides=[16], offset=0.0)
+    ours = gen([torch.zeros(1, 1, 5, 7)])[0].tensor.view(5 * 7, 12, 4)
+    ours = ours[:, tf_ops.tf_anchor_order(sizes, ratios)].reshape(-1, 4)
+
+    def build(tf):
+        from object_detection.anchor_generators.grid_anchor_generator import GridAnchorGenerator
+
+        gen = GridAnchorGenerator([0.25, 0.5, 1.0, 2.0], ratios, anchor_stride=[16, 16])
+        return gen.generate([(5, 7)])[0].get()
+
+    ref = run_tf(build)
+    assert ref.shape == (420, 4) and np.abs(xyxy_to_tf(ours) - ref).max() < 1e-4
+    with pytest.raises(ValueError, match="not closed under 1/r"):
+        tf_ops.tf_anchor_order(sizes, [0.5, 1.0])
