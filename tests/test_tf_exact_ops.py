@@ -3,6 +3,8 @@ code, tf.image otherwise): crop_and_resize, the fixed-shape resize and [-1, 1] s
 decoding, NMS, anchor order, the first-stage proposal selection and the second-stage post-processing.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -234,3 +236,59 @@ def test_tf_crop_head_runs_in_training_and_inference():
     with torch.no_grad():
         out = model.eval()(tiny_inputs(1, size=64))
     assert len(out[0]["instances"]) > 0
+
+
+# ---------------------------------------------------------------- first stage
+
+
+def tf_meta_arch(**attrs):
+    """A FasterRCNNMetaArch with just the attributes its post-processing methods read (TF's own code)."""
+    from object_detection.meta_architectures.faster_rcnn_meta_arch import FasterRCNNMetaArch
+
+    arch = object.__new__(FasterRCNNMetaArch)
+    arch.__dict__.update(attrs)
+    return arch
+
+
+def test_first_stage_equals_tf_predict_first_stage_and_postprocess_rpn(tf_models):
+    """TFRPN on Detectron2-ordered anchors / logits / deltas = TF's clipped grid anchors +
+    _postprocess_rpn on the same values in TF's order: same boxes, same order, same scores."""
+    from det_helpers import make_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import build_proposal_generator
+
+    cfg = make_cfg("configs/Base-NASNet-C4.yaml", ["MODEL.PROPOSAL_GENERATOR.NAME", "TFRPN",
+                                                   "MODEL.RPN.POST_NMS_TOPK_TEST", 50])
+    rpn = build_proposal_generator(cfg, {"nasnet16": ShapeSpec(channels=8, stride=16)}).eval()
+    anchors = rpn.anchor_generator([torch.zeros(1, 8, 6, 8)])
+    g = torch.Generator().manual_seed(5)
+    n = anchors[0].tensor.shape[0]
+    logits = (torch.randn(1, n, generator=g) * 4).round() / 2     # many exactly equal scores
+    deltas = torch.randn(1, n, 4, generator=g) * torch.tensor([0.5, 0.5, 0.3, 0.3])
+    input_size, image_size = (96, 128), (90, 117)                  # padding below / right
+    ours = rpn.select(anchors, [logits], [deltas], [image_size], input_size)[0]
+    order = (torch.arange(48)[:, None] * 12 + rpn.tf_order[None]).flatten()
+
+    def build(tf):
+        from object_detection.anchor_generators.grid_anchor_generator import GridAnchorGenerator
+        from object_detection.box_coders.faster_rcnn_box_coder import FasterRcnnBoxCoder
+        from object_detection.core import box_list_ops, post_processing
+
+        grid = GridAnchorGenerator([0.25, 0.5, 1.0, 2.0], [0.5, 1.0, 2.0], anchor_stride=[16, 16])
+        tf_anchors = box_list_ops.clip_to_window(grid.generate([(6, 8)])[0], tf.constant([0.0, 0, 96, 128]))
+        nms_fn = functools.partial(post_processing.batch_multiclass_non_max_suppression, score_thresh=0.0,
+                                   iou_thresh=0.7, max_size_per_class=50, max_total_size=50)
+        arch = tf_meta_arch(_box_coder=FasterRcnnBoxCoder([10.0, 10.0, 5.0, 5.0]), _first_stage_nms_fn=nms_fn,
+                            _is_training=False)
+        two_way = torch.stack([torch.zeros(n), logits[0]], -1)[order][None].numpy()  # background, object
+        encodings = deltas[0][order][:, [1, 0, 3, 2]][None].numpy()  # (ty, tx, th, tw)
+        out = arch._postprocess_rpn(encodings, two_way, tf_anchors.get(),
+                                    tf.constant([[96, 128, 3]]), tf.constant([[90, 117, 3]]))
+        return out[0], out[1], out[3]
+
+    boxes, scores, num = run_tf(build)
+    assert num[0] == len(ours) > 30
+    normalised = ours.proposal_boxes.tensor * torch.tensor([1 / 128, 1 / 96] * 2)
+    assert np.abs(xyxy_to_tf(normalised) - boxes[0, :num[0]]).max() < 1e-6
+    assert np.abs(torch.sigmoid(ours.objectness_logits).numpy() - scores[0, :num[0]]).max() < 1e-6
+    assert len(set(scores[0, :num[0]].tolist())) < num[0]  # ties among the selected proposals
