@@ -1,5 +1,6 @@
 """The config keys nasnet_det adds to Detectron2's: 12 under ``MODEL.NASNET``, 1 under ``INPUT``,
-3 under ``TEST`` and ``CPU_THREADS``."""
+3 under ``MODEL.ROI_HEADS``, 3 under ``TEST`` and ``CPU_THREADS``; and the names it registers for
+Detectron2's own keys (the TF OD API block below)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,26 @@ def add_nasnet_config(cfg) -> None:
     # Resize every image to a fixed SIZE x SIZE square (the paper's 600/800/1200 inputs,
     # aspect ratio not kept); 0 uses INPUT.MIN_SIZE_*/MAX_SIZE_* as usual.
     cfg.INPUT.FIXED_SIZE = 0
+    # --- TF Object Detection API exactness: compute what TF's faster_rcnn_nas computes (docs/detection.md,
+    # "TF OD API fidelity"; configs/COCO-Detection/*_tf*.yaml turn all of it on). Two are values of
+    # Detectron2's own keys, registered by nasnet_det:
+    #   MODEL.ROI_BOX_HEAD.POOLER_TYPE "TFCropAndResize" (NASNetROIHeads): TF's crop_and_resize of the
+    #     proposals normalised by the input tensor's size, POOLER_RESOLUTION^2 (17), no max-pool;
+    #   MODEL.PROPOSAL_GENERATOR.NAME "TFRPN": TF's first-stage selection (TF anchor order, clipped
+    #     anchors, TF decoding, NMS RPN.NMS_THRESH over every anchor: no PRE_NMS_TOPK, no MIN_SIZE;
+    #     RPN.POST_NMS_TOPK_* = TF's first_stage_max_proposals; clipped to the image).
+    # NASNetROIHeads post-processes as TF's second stage: softmax, per-class TF decoding (no clamp), NMS
+    # (ROI_HEADS.NMS_THRESH_TEST, SCORE_THRESH_TEST) on unclipped boxes, then clip, drop zero-area boxes,
+    # keep TEST.DETECTIONS_PER_IMAGE (TF max_total_detections).
+    cfg.MODEL.ROI_HEADS.TF_POSTPROCESS = False
+    # TF's max_detections_per_class under TF_POSTPROCESS.
+    cfg.MODEL.ROI_HEADS.TF_MAX_DETECTIONS_PER_CLASS = 100
+    # Under TF_POSTPROCESS: "" (predictor classes are the dataset's) or "coco90": the predictor has TF's
+    # 90 COCO label-map classes (NUM_CLASSES 90, class i = COCO id i + 1), so the softmax spans TF's 91
+    # logits; after the top DETECTIONS_PER_IMAGE, ids COCO never uses are dropped and the rest mapped
+    # to the dataset's 80 classes (training maps the ground truth the other way).
+    cfg.MODEL.ROI_HEADS.TF_LABEL_MAP = ""
+
     # Minimum score of the detections drawn by train_net's visualisation after evaluation.
     cfg.TEST.VIS_THRESHOLD = 0.5
     # Images drawn per test set after evaluation (0: none).

@@ -12,7 +12,7 @@ from tf_oracle import tf_v1
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (see README: the [detectron2] extra)")
 
-from nasnet_det import tf_ops  # noqa: E402
+from nasnet_det import tf_ops, tf_postprocess  # noqa: E402
 
 
 def run_tf(build):
@@ -292,3 +292,123 @@ def test_first_stage_equals_tf_predict_first_stage_and_postprocess_rpn(tf_models
     assert np.abs(xyxy_to_tf(normalised) - boxes[0, :num[0]]).max() < 1e-6
     assert np.abs(torch.sigmoid(ours.objectness_logits).numpy() - scores[0, :num[0]]).max() < 1e-6
     assert len(set(scores[0, :num[0]].tolist())) < num[0]  # ties among the selected proposals
+
+
+# ---------------------------------------------------------------- second stage
+
+
+def second_stage_case(seed=6, r=40, k=6):
+    """Proposals in a 128 x 128 input (exact normalisation), class-specific deltas, logits with ties."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(r, 2, generator=g) * 100
+    proposals = torch.cat([xy, xy + torch.rand(r, 2, generator=g) * 60 + 4], 1).clamp(max=128)
+    deltas = torch.randn(r, 4 * k, generator=g) * torch.tensor([1.0, 1.0, 0.5, 0.5]).repeat(k)
+    logits = (torch.randn(r, k + 1, generator=g) * 6).round() / 4   # background last (Detectron2)
+    return proposals, deltas, logits
+
+
+def test_multiclass_nms_equals_tf_batch_multiclass_non_max_suppression(tf_models):
+    boxes, scores = nms_case(seed=7, n=200)
+    boxes = torch.stack([boxes, boxes.flip(0) + 3.0, boxes * 1.1], 1)          # (R, K=3, 4), class boxes
+    scores = torch.stack([scores, scores.flip(0), scores.roll(5)], 1)
+    size = (180, 200)  # boxes reach 235: clipped, and some to zero area
+
+    def build(tf):
+        from object_detection.core import post_processing
+
+        out = post_processing.batch_multiclass_non_max_suppression(
+            tf.constant(boxes[..., [1, 0, 3, 2]].numpy()[None]), tf.constant(scores.numpy()[None]),
+            score_thresh=0.0, iou_thresh=0.6, max_size_per_class=12, max_total_size=30,
+            clip_window=tf.constant([[0.0, 0.0, 180.0, 200.0]]), change_coordinate_frame=True)
+        return out[0], out[1], out[2], out[5]
+
+    ref_boxes, ref_scores, ref_classes, num = run_tf(build)
+    ours = tf_postprocess.multiclass_nms(boxes, scores, size, 0.0, 0.6, 12, 30)
+    n = int(num[0])
+    assert n == len(ours[0]) == 30
+    normalised = ours[0] / torch.tensor([200.0, 180.0, 200.0, 180.0])
+    assert np.abs(xyxy_to_tf(normalised) - ref_boxes[0, :n]).max() < 1e-6
+    assert ours[1].tolist() == ref_scores[0, :n].tolist() and ours[2].tolist() == ref_classes[0, :n].tolist()
+
+
+def test_second_stage_equals_tf_postprocess_box_classifier(tf_models):
+    """TFSecondStage (softmax over K + 1, per-class decoding against the proposals, NMS 0.6, 100 per
+    class and in all) = FasterRCNNMetaArch._postprocess_box_classifier with the sample config's
+    second_stage_post_processing; outputs mapped back to the image as TF's normalised x true shape."""
+    proposals, deltas, logits = second_stage_case()
+    r, k = len(proposals), logits.shape[1] - 1
+    stage = tf_postprocess.TFSecondStage((10.0, 10.0, 5.0, 5.0), 0.0, 0.6, 100, 100)
+    ours = stage.image(logits, deltas, proposals, (128, 128), (120, 100))
+
+    def build(tf):
+        from google.protobuf import text_format
+        from object_detection.box_coders.faster_rcnn_box_coder import FasterRcnnBoxCoder
+        from object_detection.builders import post_processing_builder
+        from object_detection.protos import post_processing_pb2
+
+        config = text_format.Parse(
+            "batch_non_max_suppression { score_threshold: 0.0 iou_threshold: 0.6 "
+            "max_detections_per_class: 100 max_total_detections: 100 } score_converter: SOFTMAX",
+            post_processing_pb2.PostProcessing())
+        nms_fn, score_fn = post_processing_builder.build(config)
+        arch = tf_meta_arch(_box_coder=FasterRcnnBoxCoder([10.0, 10.0, 5.0, 5.0]),
+                            _second_stage_nms_fn=nms_fn, _second_stage_score_conversion_fn=score_fn,
+                            _num_classes=k, _first_stage_max_proposals=r, _is_training=False)
+        tf_logits = torch.cat([logits[:, -1:], logits[:, :-1]], 1).numpy()          # background first
+        tf_deltas = deltas.view(r, k, 4)[..., [1, 0, 3, 2]].numpy()
+        out = arch._postprocess_box_classifier(tf.constant(tf_deltas), tf.constant(tf_logits),
+                                               tf.constant(xyxy_to_tf(proposals)[None]), tf.constant([r]),
+                                               tf.constant([[120, 100, 3]]))
+        return [out[f"detection_{key}"] for key in ("boxes", "scores", "classes")] + [out["num_detections"]]
+
+    boxes, scores, classes, num = run_tf(build)
+    n = int(num[0])
+    assert n == len(ours) == 100
+    absolute = boxes[0, :n] * np.array([120, 100, 120, 100], np.float32)  # TF: normalised x true image shape
+    assert np.abs(xyxy_to_tf(ours.pred_boxes.tensor) - absolute).max() < 1e-3
+    assert np.abs(ours.scores.numpy() - scores[0, :n]).max() < 1e-6
+    assert ours.pred_classes.tolist() == classes[0, :n].astype(int).tolist()
+
+
+def test_coco90_label_map_drops_the_unused_ids_after_the_top_n():
+    table = tf_postprocess.LABEL_MAPS["coco90"][0]()
+    assert (table >= 0).sum() == 80 and table[0] == 0 and table[11] == -1 and table[89] == 79
+    proposals, deltas, logits = second_stage_case(r=30, k=90)
+    plain = tf_postprocess.TFSecondStage((10.0, 10.0, 5.0, 5.0), 0.0, 0.6, 100, 100)
+    mapped = tf_postprocess.TFSecondStage((10.0, 10.0, 5.0, 5.0), 0.0, 0.6, 100, 100, table)
+    a, b = plain.image(logits, deltas, proposals, (128, 128), (128, 128)), mapped.image(
+        logits, deltas, proposals, (128, 128), (128, 128))
+    used = table[a.pred_classes] >= 0
+    assert len(a) == 100 and 0 < len(b) == int(used.sum()) < 100
+    assert torch.equal(b.scores, a.scores[used]) and torch.equal(b.pred_classes, table[a.pred_classes[used]])
+
+
+def test_tf_postprocess_head_with_coco90_trains_and_maps_classes_both_ways():
+    from det_helpers import tiny_inputs
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    model = tiny_model("MODEL.ROI_HEADS.TF_POSTPROCESS", True, "MODEL.ROI_HEADS.TF_LABEL_MAP", "coco90",
+                       "MODEL.ROI_HEADS.NUM_CLASSES", 90)
+    heads = model.roi_heads
+    gt = Instances((64, 64), gt_boxes=Boxes(torch.zeros(3, 4)), gt_classes=torch.tensor([0, 11, 79]))
+    assert heads._predictor_targets([gt])[0].gt_classes.tolist() == [0, 12, 89]  # COCO ids 1, 13, 90
+    with EventStorage(0):
+        losses = model.train()(tiny_inputs(2, size=64, num_classes=80))
+    assert abs(float(losses["loss_cls"]) - np.log(91)) < 1.0  # ~uniform over TF's 90 + background
+    with torch.no_grad():
+        out = model.eval()(tiny_inputs(1, size=64))[0]["instances"]
+    assert 0 < len(out) <= 100 and int(out.pred_classes.max()) < 80
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.ROI_HEADS.TF_POSTPROCESS", True, "MODEL.ROI_HEADS.TF_LABEL_MAP", "coco80"],
+     "unknown MODEL.ROI_HEADS.TF_LABEL_MAP 'coco80'; known: coco90"),
+    (["MODEL.ROI_HEADS.TF_LABEL_MAP", "coco90", "MODEL.ROI_HEADS.NUM_CLASSES", 90],
+     "needs MODEL.ROI_HEADS.TF_POSTPROCESS True"),
+    (["MODEL.ROI_HEADS.TF_POSTPROCESS", True, "MODEL.ROI_HEADS.TF_LABEL_MAP", "coco90"],
+     "needs MODEL.ROI_HEADS.NUM_CLASSES 90 .TF's box predictor., got 3"),
+])
+def test_tf_label_map_refusals_name_the_key(opts, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(*opts)
