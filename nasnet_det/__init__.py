@@ -1,8 +1,9 @@
 """nasnet_det: NASNet-A as a Detectron2 backbone (Faster R-CNN, C4 and FPN).
 
 ``import nasnet_det`` registers the backbones (``build_nasnet_c4_backbone``,
-``build_nasnet_fpn_backbone``), the ROI head (``NASNetROIHeads``), TF's first stage
-(``TFRPN``) and the datasets (shapes, COCO 2014 mini-val 8k splits) with Detectron2.
+``build_nasnet_fpn_backbone``), the meta-architecture (``NASNetRCNN``), the ROI head
+(``NASNetROIHeads``), TF's first stage (``TFRPN``) and the datasets (shapes, COCO 2014 mini-val 8k
+splits) with Detectron2.
 """
 
 try:
@@ -17,12 +18,13 @@ from .backbone import NASNetBackbone, build_nasnet_c4_backbone, build_nasnet_fpn
 from .checkpoint import NASNetCheckpointer
 from .config import add_nasnet_config
 from .datasets import register_all
+from .meta_arch import NASNetRCNN
 from .roi_heads import NASNetROIHeads
 from .tf_rpn import TFRPN
 
 register_all()
 
 __all__ = [
-    "NASNetBackbone", "NASNetCheckpointer", "NASNetROIHeads", "TFRPN", "add_nasnet_config",
+    "NASNetBackbone", "NASNetCheckpointer", "NASNetRCNN", "NASNetROIHeads", "TFRPN", "add_nasnet_config",
     "build_nasnet_c4_backbone", "build_nasnet_fpn_backbone", "register_all",
 ]

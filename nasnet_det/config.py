@@ -1,4 +1,4 @@
-"""The config keys nasnet_det adds to Detectron2's: 12 under ``MODEL.NASNET``, 1 under ``INPUT``,
+"""The config keys nasnet_det adds to Detectron2's: 12 under ``MODEL.NASNET``, 2 under ``INPUT``,
 3 under ``MODEL.ROI_HEADS``, 3 under ``TEST`` and ``CPU_THREADS``; and the names it registers for
 Detectron2's own keys (the TF OD API block below)."""
 
@@ -68,6 +68,12 @@ def add_nasnet_config(cfg) -> None:
     # logits; after the top DETECTIONS_PER_IMAGE, ids COCO never uses are dropped and the rest mapped
     # to the dataset's 80 classes (training maps the ground truth the other way).
     cfg.MODEL.ROI_HEADS.TF_LABEL_MAP = ""
+    # True (needs MODEL.META_ARCHITECTURE "NASNetRCNN", the base's): the model resizes each image to
+    # INPUT.FIXED_SIZE^2 as TF's fixed_shape_resizer (float32 TF1 bilinear: align_corners False, no
+    # half-pixel offset, no antialias) and scales pixels as the NAS extractor, (2 / 255) x - 1 (not
+    # PIXEL_MEAN / STD), without padding; the loader does not resize; detections come back in the
+    # image's own pixels (TF's normalised boxes x the original size).
+    cfg.INPUT.TF_RESIZE = False
 
     # Minimum score of the detections drawn by train_net's visualisation after evaluation.
     cfg.TEST.VIS_THRESHOLD = 0.5

@@ -12,7 +12,7 @@ from tf_oracle import tf_v1
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (see README: the [detectron2] extra)")
 
-from nasnet_det import tf_ops, tf_postprocess  # noqa: E402
+from nasnet_det import meta_arch, tf_ops, tf_postprocess  # noqa: E402
 
 
 def run_tf(build):
@@ -412,3 +412,62 @@ def test_tf_postprocess_head_with_coco90_trains_and_maps_classes_both_ways():
 def test_tf_label_map_refusals_name_the_key(opts, message):
     with pytest.raises(ValueError, match=message):
         tiny_model(*opts)
+
+
+# ---------------------------------------------------------------- the model's input and output
+
+
+def test_tf_resize_preprocess_equals_tf_meta_architecture_preprocess(tf_models):
+    """INPUT.TF_RESIZE: NASNetRCNN.preprocess_image = FasterRCNNMetaArch.preprocess with the sample
+    config's fixed_shape_resizer (1200) and the NAS extractor: same tensor, no padding."""
+    image = real_looking_image(h=375, w=500, seed=1)
+
+    def build(tf):
+        from google.protobuf import text_format
+        from object_detection.builders import image_resizer_builder
+        from object_detection.models import faster_rcnn_nas_feature_extractor as nas
+        from object_detection.protos import image_resizer_pb2
+
+        config = text_format.Parse("fixed_shape_resizer { height: 1200 width: 1200 }",
+                                   image_resizer_pb2.ImageResizer())
+        arch = tf_meta_arch(_image_resizer_fn=image_resizer_builder.build(config),
+                            _feature_extractor=nas.FasterRCNNNASFeatureExtractor(False, 16))
+        return arch.preprocess(tf.cast(tf.constant(image[None]), tf.float32))
+
+    ref, true_shapes = run_tf(build)
+    model = tiny_model("INPUT.TF_RESIZE", True, "INPUT.FIXED_SIZE", 1200)
+    ours = model.preprocess_image([{"image": torch.from_numpy(image).permute(2, 0, 1)}])
+    assert ours.image_sizes == [tuple(true_shapes[0][:2])] == [(1200, 1200)]
+    assert np.abs(ours.tensor.permute(0, 2, 3, 1).numpy() - ref).max() < 1e-5
+
+
+def test_tf_resize_detections_come_back_in_the_original_image_as_tf_normalised_boxes():
+    """Boxes of the fixed-size input x original / FIXED_SIZE = TF's normalised boxes x the true size."""
+    from det_helpers import tiny_inputs
+
+    model = tiny_model("INPUT.TF_RESIZE", True, "INPUT.FIXED_SIZE", 64).eval()
+    image = torch.from_numpy(real_looking_image(h=45, w=80, seed=2)).permute(2, 0, 1)
+    with torch.no_grad():
+        fixed = model.inference([{"image": image}], do_postprocess=False)[0]
+        out = model([{"image": image}])[0]["instances"]
+    assert out.image_size == (45, 80) and len(out) == len(fixed) > 0
+    tf_way = fixed.pred_boxes.tensor * tf_ops.f32(1 / 64) * torch.tensor([80.0, 45.0, 80.0, 45.0])
+    assert (out.pred_boxes.tensor - tf_way).abs().max() < 1e-4
+    inputs = tiny_inputs(1, size=32)[0]
+    resized = meta_arch._resized_targets(inputs, 64)["instances"]
+    assert resized.image_size == (64, 64)
+    assert torch.equal(resized.gt_boxes.tensor, inputs["instances"].gt_boxes.tensor * 2)
+
+
+def test_tf_resize_refusals():
+    from det_helpers import make_cfg
+
+    from nasnet_det.engine import build_augmentations
+
+    with pytest.raises(ValueError, match="INPUT.TF_RESIZE needs INPUT.FIXED_SIZE > 0 .* got 0"):
+        tiny_model("INPUT.TF_RESIZE", True, "INPUT.FIXED_SIZE", 0)
+    cfg = make_cfg(INSTANT, ["INPUT.TF_RESIZE", True, "INPUT.FIXED_SIZE", 64])
+    assert build_augmentations(cfg, is_train=False) == []
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    with pytest.raises(ValueError, match="INPUT.TF_RESIZE needs MODEL.META_ARCHITECTURE NASNetRCNN"):
+        build_augmentations(cfg, is_train=True)
