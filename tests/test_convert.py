@@ -146,3 +146,17 @@ def test_benchmark_tool_prints_ratios():
         pass
     assert list(rows) == expected, r.stdout
     assert "ratio 1.00" in rows["peer eager"] and all(" ms  ratio " in v for v in rows.values())
+
+
+def test_load_checkpoint_skips_an_aux_head_the_model_lacks(tmp_path):
+    """A converted TF-slim checkpoint keeps its aux head; a model built without one loads the rest."""
+    full = nc.create_model("nasnet_a_cifar", N=1, F=96)
+    path = nc.save_checkpoint(tmp_path / "c.pth", full.state_dict(), "nasnet_a_cifar")
+    bare = nc.create_model("nasnet_a_cifar", N=1, F=96, aux_head=False)
+    nc.load_checkpoint(bare, path)
+    assert torch.equal(bare.last_linear.weight, full.last_linear.weight)
+    sd = dict(full.state_dict())
+    sd["aux_head.fc.weight"] = torch.zeros(3, 3)  # still checked where the model has the head
+    path = nc.save_checkpoint(tmp_path / "d.pth", sd, "nasnet_a_cifar")
+    with pytest.raises(nc.CheckpointMismatch, match="aux_head.fc.weight: checkpoint"):
+        nc.load_checkpoint(nc.create_model("nasnet_a_cifar", N=1, F=96), path)

@@ -29,6 +29,12 @@ def tf_v1():
     """``tensorflow.compat.v1`` with graph mode on; skips the test when TensorFlow is absent."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # the OD API needs Keras 2 (tf-keras)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from nasnet_core.interop.tf_checkpoint import TFCheckpointError, import_tensorflow
+
+    try:  # triton before TensorFlow, or a later torch import of triton segfaults the test session
+        import_tensorflow()
+    except TFCheckpointError:
+        pass  # importorskip below gives the reason
     tf = pytest.importorskip("tensorflow.compat.v1", reason="TensorFlow absent (pip install -e '.[tf]')")
     tf.disable_eager_execution()
     return tf

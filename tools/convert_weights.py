@@ -1,10 +1,18 @@
 #!/usr/bin/env python
-"""Convert public NASNet weights (timm / Cadene pretrainedmodels) into a nasnet_core checkpoint.
+"""Convert public NASNet weights (timm / Cadene pretrainedmodels / TF-slim checkpoints) into a
+nasnet_core checkpoint.
 
     python tools/convert_weights.py --source timm --arch nasnet_a_large \
         --input nasnetalarge.safetensors --output weights/nasnet_a_large.pth
     python tools/convert_weights.py --source cadene --arch nasnet_a_mobile \
         --input nasnetamobile-7e03cead.pth --output weights/nasnet_a_mobile.pth
+    python tools/convert_weights.py --source tf-slim --arch nasnet_a_large \
+        --input nasnet-a_large_04_10_2017/model.ckpt --output weights/nasnet_a_large_tf.pth
+
+``--source tf-slim`` reads a TensorFlow checkpoint (its prefix, its .index file or the folder
+holding it; needs the ``tf`` extra) with the moving-average shadows in place of the variables
+where it has them, drops the 1001-way head's background class and keeps the auxiliary head when
+the checkpoint has one. A checkpoint of another NASNet (mobile as large, or the reverse) is refused.
 
 ``--source tf-od-api`` converts a TF Object Detection API ``faster_rcnn_nas`` checkpoint (e.g.
 ``faster_rcnn_nas_coco_2018_01_28/model.ckpt``; needs the ``tf`` extra) into the nasnet_det
@@ -35,6 +43,7 @@ import nasnet_core as nc
 from nasnet_core.common.cli import parse_with_overrides, refuse_existing, tool_main
 from nasnet_core.common.fileio import atomic_torch_save
 from nasnet_core.interop.convert import SOURCES
+from nasnet_core.interop.tf_checkpoint import read_tf_checkpoint
 
 FORMATS = ("nasnet_core", "detectron2")
 DETECTOR_SOURCES = ("tf-od-api",)
@@ -55,12 +64,13 @@ def main(argv=None) -> int:
     ap.add_argument("--source", required=True, choices=(*SOURCES, *DETECTOR_SOURCES))
     ap.add_argument("--arch", help=f"one of: {', '.join(nc.list_models())} (not for tf-od-api: its "
                     "--config-file names the detector)")
-    ap.add_argument("--input", required=True, help=".pth/.pt or .safetensors state dict")
+    ap.add_argument("--input", required=True, help=".pth/.pt or .safetensors state dict; tf-slim, "
+                    "tf-od-api: a TF checkpoint prefix (DIR/model.ckpt), its .index file or its folder")
     ap.add_argument("--output", required=True, help="checkpoint to write (never overwritten "
                     "unless --force)")
     ap.add_argument("--format", default="nasnet_core", choices=FORMATS, help="checkpoint layout to write")
     ap.add_argument("--drop-background", action="store_true",
-                    help="drop class 0 of a 1001-way TF classifier")
+                    help="drop class 0 of a 1001-way TF classifier (implied by --source tf-slim)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing output")
     ap.add_argument("--config-file", default=str(TF_OD_CONFIG), help="tf-od-api: the detector config")
     ap.add_argument("--label-ids", help="tf-od-api: the TF label-map id of each detector class, comma-"
@@ -75,7 +85,7 @@ def main(argv=None) -> int:
         return convert_detector(args, out)
     if not args.arch or args.overrides:
         raise ValueError(f"--source {args.source} needs --arch and takes no KEY VALUE overrides")
-    state = nc.read_state_dict(args.input)
+    state = read_tf_checkpoint(args.input) if args.source == "tf-slim" else nc.read_state_dict(args.input)
     converted = nc.convert_state_dict(state, args.source, args.arch, drop_background=args.drop_background)
     pad_mode = "timm" if args.source == "timm" else "tf"
     meta = dict(source=args.source, source_file=str(args.input))
@@ -83,13 +93,14 @@ def main(argv=None) -> int:
         save_detectron2(out, converted, args.arch, pad_mode, **meta)
     else:
         nc.save_checkpoint(out, converted, args.arch, config={"pad_mode": pad_mode}, **meta)
-    print(f"wrote {out}: {len(converted)} tensors for {args.arch} (from {args.source}, {args.format} format)")
+    aux = " incl. the aux head" if any(k.startswith("aux_head.") for k in converted) else ""
+    print(f"wrote {out}: {len(converted)} tensors{aux} for {args.arch} (from {args.source}, "
+          f"{args.format} format)")
     return 0
 
 
 def convert_detector(args, out: Path) -> int:
     """--source tf-od-api: a TF faster_rcnn_nas checkpoint as the config's detector (Detectron2 format)."""
-    from nasnet_core.interop.tf_checkpoint import read_tf_checkpoint
     from nasnet_det.engine import setup_cfg_plain
     from nasnet_det.tf_convert import convert_tf_od_checkpoint, predictor_label_ids
 

@@ -7,6 +7,10 @@ Our module names follow the ports (timm ``nasnetalarge``, Cadene ``pretrainedmod
   ``final_path_bn`` -> ``reduce_prev.path_1`` / ``reduce_prev.path_2`` / ``reduce_prev.bn``;
 * Cadene numbers normal cells 6 per stage whatever N is (mobile: cell_0-3, cell_6-9,
   cell_12-15); TF-slim and this project number them 0 .. 3N-1.
+
+TF-slim checkpoints (``source="tf-slim"``: ``{TF variable name: array}`` from
+``tf_checkpoint.read_tf_checkpoint``) go through ``tf_slim.py``'s name table and layouts; what does
+not fit is reported in TF's variable names.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 
 from ..common.fileio import atomic_torch_save, read_checkpoint
 from ..model.registry import MODELS, create_model, get_config
+from . import tf_slim
 
 __all__ = ["convert_state_dict", "SOURCES", "CheckpointMismatch", "save_checkpoint",
            "load_checkpoint", "read_state_dict", "check_state_dict", "mismatch_report"]
@@ -28,7 +33,7 @@ _COMMON_RULES = [
     (re.compile(r"^(.*)\.path_2\.conv\.weight$"), r"\1.reduce_prev.path_2.weight"),
     (re.compile(r"^(.*)\.final_path_bn\.(.*)$"), r"\1.reduce_prev.bn.\2"),
 ]
-SOURCES = ("timm", "cadene", "nasnet_core")
+SOURCES = ("timm", "cadene", "nasnet_core", "tf-slim")
 
 
 class CheckpointMismatch(ValueError):
@@ -46,15 +51,19 @@ def _renumber_cadene(key: str, cells_per_stage: int) -> str:
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor], source: str, arch: str,
                        drop_background: bool = False, **overrides) -> dict[str, torch.Tensor]:
-    """Map a ``source`` state dict (timm / cadene / nasnet_core) onto registered ``arch``.
+    """Map a ``source`` state dict (timm / cadene / nasnet_core, or TF-slim's variables) onto
+    registered ``arch``.
 
-    ``drop_background`` removes class 0 of a 1001-way TF classifier. Raises
-    CheckpointMismatch listing unmatched, missing and wrongly shaped keys.
+    ``drop_background`` removes class 0 of a 1001-way TF classifier (implied for tf-slim, whose
+    ImageNet heads always have it). Raises CheckpointMismatch listing unmatched, missing and
+    wrongly shaped keys.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
     if arch not in MODELS:
         raise ValueError(f"unknown arch {arch!r}; known models: {', '.join(sorted(MODELS))}")
+    if source == "tf-slim":
+        return _from_tf_slim(state_dict, arch, **overrides)
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     cells_per_stage = get_config(arch, **overrides).num_cells // 3
     out = {}
@@ -71,6 +80,39 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], source: str, arch: s
             if k in out:
                 out[k] = out[k][1:]
     check_state_dict(out, arch, **{"aux_head": False, **overrides})
+    return out
+
+
+def _structure(desc: dict[str, int]) -> str:
+    return (f"{desc['num_cells']} normal cells, {desc['num_conv_filters']} filters, "
+            f"{desc['stem_filters']} stem filters")
+
+
+def _from_tf_slim(tf_vars: dict, arch: str, **overrides) -> dict[str, torch.Tensor]:
+    """TF-slim's variables as ``arch``'s state dict; CheckpointMismatch naming TF's variables."""
+    desc = tf_slim.describe_tf_slim(tf_vars)
+    if desc is None:
+        first = ", ".join(sorted(tf_vars)[:3])
+        raise CheckpointMismatch(f"not a TF-slim NASNet checkpoint: no conv0/weights and cell_0/1x1/weights "
+                                 f"among its {len(tf_vars)} variables (first: {first})")
+    cfg = get_config(arch, **overrides)
+    want = dict(num_cells=cfg.num_cells, num_conv_filters=cfg.num_conv_filters,
+                stem_filters=int(32 * cfg.stem_multiplier))
+    if desc != want:
+        looks = tf_slim.identify_tf_slim(desc)
+        hint = f"it looks like {looks}: convert it with --arch {looks}" if looks else \
+            "no registered model has that structure"
+        raise CheckpointMismatch(f"refusing to convert a TF-slim checkpoint with {_structure(desc)} as "
+                                 f"{arch} ({_structure(want)}); {hint}")
+    with_aux = any(re.match(r"aux_\d+/", name) for name in tf_vars)
+    names, tf_shapes, counters = tf_slim.expected_tf_slim(arch, with_aux, **overrides)
+    tf_vars = tf_slim.drop_tf_background(tf_vars, cfg.num_classes)
+    report = mismatch_report(tf_vars, tf_shapes)
+    if report:
+        raise CheckpointMismatch(f"TF-slim checkpoint does not fit {arch}: {report} (TF variable names)")
+    out = {key: tf_slim.tf_slim_to_torch(key, tf_vars[name]) for key, name in names.items()}
+    out.update({key: torch.tensor(0) for key in counters})
+    check_state_dict(out, arch, **{**overrides, "aux_head": with_aux})
     return out
 
 
@@ -141,13 +183,16 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], arch:
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load a nasnet_core checkpoint (or raw state dict) into ``model``; the aux head may be absent.
+    """Load a nasnet_core checkpoint (or raw state dict) into ``model``; the aux head may be absent
+    from either (a model without one ignores the checkpoint's).
 
     Raises CheckpointMismatch naming the keys that do not fit; returns the checkpoint's metadata.
     """
     raw = read_checkpoint(path)
     meta = raw if isinstance(raw, dict) and "state_dict" in raw else {}
     state = _extract_state(raw, Path(path))
+    if getattr(model, "aux_head", None) is None:  # training-only head: a model built without it skips it
+        state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
     report = mismatch_report(state, {k: v.shape for k, v in model.state_dict().items()}, ("aux_head.",))
     if report:
         arch = getattr(model, "arch", type(model).__name__)
