@@ -20,7 +20,7 @@ _NMS_BLOCK = 4096          # candidates per block of the early-stopping greedy N
 
 def f32(value: float) -> torch.Tensor:
     """``value`` as a float32 scalar tensor (TF turns Python floats into float32 constants)."""
-    return torch.tensor(value, dtype=torch.float32)
+    return torch.tensor(value, dtype=torch.float32, device="cpu")
 
 
 def _legacy_grid(in_size: int, out_size: int, device) -> tuple:
@@ -174,4 +174,4 @@ def tf_anchor_order(sizes, aspect_ratios) -> torch.Tensor:
             raise ValueError(f"aspect ratios {ratios} are not closed under 1/r: TF's ratio {r} "
                              "(width / height) has no Detectron2 anchor (height / width)")
         order += [i * len(ratios) + j for i in range(len(sizes))]
-    return torch.tensor(order, dtype=torch.long)
+    return torch.tensor(order, dtype=torch.long, device="cpu")

@@ -471,3 +471,28 @@ def test_tf_resize_refusals():
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     with pytest.raises(ValueError, match="INPUT.TF_RESIZE needs MODEL.META_ARCHITECTURE NASNetRCNN"):
         build_augmentations(cfg, is_train=True)
+
+
+def test_every_tf_option_together_trains_and_detects_in_original_pixels():
+    """The 1200_tf config's options on a tiny network and a 96 px input: a training step, detections."""
+    from det_helpers import make_cfg, tiny_inputs
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    tf_config = make_cfg("configs/COCO-Detection/faster_rcnn_nasnet_a_large_1200_tf.yaml")
+    keys = ["MODEL.PROPOSAL_GENERATOR.NAME", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.RPN.BOUNDARY_THRESH",
+            "MODEL.ROI_HEADS.TF_POSTPROCESS", "MODEL.ROI_HEADS.TF_LABEL_MAP", "MODEL.ROI_HEADS.NUM_CLASSES",
+            "INPUT.TF_RESIZE"]
+    opts = [x for key in keys for x in (key, functools.reduce(lambda n, p: n[p], key.split("."), tf_config))]
+    opts += ["INPUT.FIXED_SIZE", 96, "MODEL.ANCHOR_GENERATOR.SIZES", [[16, 32, 64]]]
+    cfg = make_cfg(INSTANT, TINY + opts)
+    model = build_model(cfg)
+    with EventStorage(0):
+        losses = model.train()(tiny_inputs(2, size=80, num_classes=80))
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_rpn_cls"] > 0
+    image = torch.from_numpy(real_looking_image(h=70, w=110, seed=3)).permute(2, 0, 1)
+    with torch.no_grad():
+        out = model.eval()([{"image": image}])[0]["instances"]
+    boxes = out.pred_boxes.tensor
+    assert 0 < len(out) <= 100 and out.image_size == (70, 110) and int(out.pred_classes.max()) < 80
+    assert boxes.min() >= 0 and (boxes[:, 2] <= 110).all() and (boxes[:, 3] <= 70).all()
