@@ -116,10 +116,13 @@ def test_fixed_shape_resize_and_nas_scaling_equal_tf(tf_models):
 
 
 def test_box_decoding_equals_tf_faster_rcnn_box_coder(tf_models):
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
     g = torch.Generator().manual_seed(2)
     anchors = torch.rand(300, 2, generator=g) * 500
     anchors = torch.cat([anchors, anchors + torch.rand(300, 2, generator=g) * 300 + 1], 1)
-    deltas = torch.randn(300, 4, generator=g) * 3  # exp(3 * 3 / 5) > 1000 / 16: beyond d2's clamp
+    deltas = torch.randn(300, 4, generator=g) * 3
+    deltas[:20, 2:] = 25.0  # dw / 5 = 5 > log(1000 / 16): Detectron2's Box2BoxTransform would clamp
 
     def build(tf):
         from object_detection.box_coders.faster_rcnn_box_coder import FasterRcnnBoxCoder
@@ -131,6 +134,8 @@ def test_box_decoding_equals_tf_faster_rcnn_box_coder(tf_models):
     ref = run_tf(build)
     ours = xyxy_to_tf(tf_ops.decode_boxes(deltas, anchors, (10.0, 10.0, 5.0, 5.0)))
     assert np.abs(ours - ref).max() <= 1e-6 * np.abs(ref).max()
+    clamped = xyxy_to_tf(Box2BoxTransform((10.0, 10.0, 5.0, 5.0)).apply_deltas(deltas, anchors))
+    assert np.abs(clamped - ref)[:20].min() > 1.0 and np.abs(clamped - ref)[20:].max() < 1e-3
 
 
 def nms_case(seed=3, n=600):
@@ -264,6 +269,9 @@ def test_first_stage_equals_tf_predict_first_stage_and_postprocess_rpn(tf_models
     g = torch.Generator().manual_seed(5)
     n = anchors[0].tensor.shape[0]
     logits = (torch.randn(1, n, generator=g) * 4).round() / 2     # many exactly equal scores
+    # the two best: one cell's (64, h/w 0.5) and (512, h/w 2) anchors, tied and barely overlapping.
+    # Detectron2 orders them 0 < 11 in the cell, TF 8 > 3: TF's order puts the 512 px one first.
+    logits[0, 27 * 12 + torch.tensor([0, 11])] = 10.0
     deltas = torch.randn(1, n, 4, generator=g) * torch.tensor([0.5, 0.5, 0.3, 0.3])
     input_size, image_size = (96, 128), (90, 117)                  # padding below / right
     ours = rpn.select(anchors, [logits], [deltas], [image_size], input_size)[0]
@@ -292,6 +300,7 @@ def test_first_stage_equals_tf_predict_first_stage_and_postprocess_rpn(tf_models
     assert np.abs(xyxy_to_tf(normalised) - boxes[0, :num[0]]).max() < 1e-6
     assert np.abs(torch.sigmoid(ours.objectness_logits).numpy() - scores[0, :num[0]]).max() < 1e-6
     assert len(set(scores[0, :num[0]].tolist())) < num[0]  # ties among the selected proposals
+    assert scores[0, 0] == scores[0, 1] and boxes[0, 0, 2] - boxes[0, 0, 0] > boxes[0, 1, 2] - boxes[0, 1, 0]
 
 
 # ---------------------------------------------------------------- second stage
