@@ -90,12 +90,12 @@ def _bilinear(nhwc: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.T
     lf, rt = left.long().clamp(0, w - 1), xs.ceil().long().clamp(0, w - 1)
     bi = b.long()[:, None, None]
 
-    def at(yi, xi):
+    def _at(yi, xi):
         return nhwc[bi, yi[:, :, None], xi[:, None, :]]
 
     lx = lx[:, None, :, None]
-    top_row = at(t, lf) + (at(t, rt) - at(t, lf)) * lx
-    bottom_row = at(bt, lf) + (at(bt, rt) - at(bt, lf)) * lx
+    top_row = _at(t, lf) + (_at(t, rt) - _at(t, lf)) * lx
+    bottom_row = _at(bt, lf) + (_at(bt, rt) - _at(bt, lf)) * lx
     return top_row + (bottom_row - top_row) * ly[:, :, None, None]
 
 
