@@ -77,8 +77,7 @@ def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, box_indices: to
     out = [_bilinear(nhwc, box_indices[i:i + chunk], ys[i:i + chunk], xs[i:i + chunk])
            for i in range(0, len(boxes), chunk)]
     crops = torch.cat(out) if out else nhwc.new_zeros((0, ch, cw, c))
-    fill = torch.as_tensor(extrapolation_value, dtype=crops.dtype, device=crops.device)
-    return torch.where(inside[..., None], crops, fill).permute(0, 3, 1, 2)
+    return crops.masked_fill_(~inside[..., None], extrapolation_value).permute(0, 3, 1, 2)
 
 
 def _bilinear(nhwc: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,10 @@ def test_crop_and_resize_equals_tf_including_boxes_outside_the_image():
         assert ours.shape == ref.shape
         assert np.abs(ours - ref).max() < 1e-5, size
         assert (ref == 0).sum() > 0 and ((ours == 0) == (ref == 0)).all()  # extrapolated samples
+    small = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    crop = functools.partial(tf_ops.crop_and_resize, boxes=boxes[10:14], box_indices=ind[:4] * 0,
+                             crop_size=(3, 3))
+    assert torch.autograd.gradcheck(crop, small)
 
 
 def test_crop_and_resize_is_the_od_api_call_and_not_roialign(tf_models):
