@@ -49,9 +49,25 @@ def add_nasnet_config(cfg) -> None:
     # Resize every image to a fixed SIZE x SIZE square (the paper's 600/800/1200 inputs,
     # aspect ratio not kept); 0 uses INPUT.MIN_SIZE_*/MAX_SIZE_* as usual.
     cfg.INPUT.FIXED_SIZE = 0
-    # --- TF Object Detection API exactness: compute what TF's faster_rcnn_nas computes (docs/detection.md,
-    # "TF OD API fidelity"; configs/COCO-Detection/*_tf*.yaml turn all of it on). Two are values of
-    # Detectron2's own keys, registered by nasnet_det:
+    _add_tf_exact_config(cfg)  # INPUT.TF_RESIZE, MODEL.ROI_HEADS.TF_*
+
+    # Minimum score of the detections drawn by train_net's visualisation after evaluation.
+    cfg.TEST.VIS_THRESHOLD = 0.5
+    # Images drawn per test set after evaluation (0: none).
+    cfg.TEST.VIS_MAX_IMAGES = 8
+    # Algorithm name in the COCO server's file name detections_test-dev2017_<alg>_results.json
+    # written after evaluating on coco_2017_test-dev (letters, digits, hyphens); "" derives it
+    # from the config file name (underscores become hyphens).
+    cfg.TEST.SUBMISSION_ALG = ""
+    # torch intra-op threads for CPU runs (0: torch's default). On a small shared machine one
+    # thread avoids OpenMP spin contention (measured 5-10x faster per iteration on 2 busy cores).
+    cfg.CPU_THREADS = 0
+
+
+def _add_tf_exact_config(cfg) -> None:
+    """Keys that make the detector compute what TF's faster_rcnn_nas computes (docs/detection.md,
+    "Computing what TF computes"; configs/COCO-Detection/*_tf*.yaml turn all of them on)."""
+    # Two more are values of Detectron2's own keys, registered by nasnet_det:
     #   MODEL.ROI_BOX_HEAD.POOLER_TYPE "TFCropAndResize" (NASNetROIHeads): TF's crop_and_resize of the
     #     proposals normalised by the input tensor's size, POOLER_RESOLUTION^2 (17), no max-pool;
     #   MODEL.PROPOSAL_GENERATOR.NAME "TFRPN": TF's first-stage selection (TF anchor order, clipped
@@ -74,15 +90,3 @@ def add_nasnet_config(cfg) -> None:
     # PIXEL_MEAN / STD), without padding; the loader does not resize; detections come back in the
     # image's own pixels (TF's normalised boxes x the original size).
     cfg.INPUT.TF_RESIZE = False
-
-    # Minimum score of the detections drawn by train_net's visualisation after evaluation.
-    cfg.TEST.VIS_THRESHOLD = 0.5
-    # Images drawn per test set after evaluation (0: none).
-    cfg.TEST.VIS_MAX_IMAGES = 8
-    # Algorithm name in the COCO server's file name detections_test-dev2017_<alg>_results.json
-    # written after evaluating on coco_2017_test-dev (letters, digits, hyphens); "" derives it
-    # from the config file name (underscores become hyphens).
-    cfg.TEST.SUBMISSION_ALG = ""
-    # torch intra-op threads for CPU runs (0: torch's default). On a small shared machine one
-    # thread avoids OpenMP spin contention (measured 5-10x faster per iteration on 2 busy cores).
-    cfg.CPU_THREADS = 0

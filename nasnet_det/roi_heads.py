@@ -102,9 +102,9 @@ class NASNetROIHeads(Res5ROIHeads):
         self.tf_second_stage = tf_second_stage
         label_map = tf_second_stage.label_map if tf_second_stage else None
         if label_map is not None:  # dataset class -> predictor class, for the training targets
-            to_predictor = torch.full((int(label_map.max()) + 1,), -1, dtype=torch.long)
-            to_predictor[label_map[label_map >= 0]] = torch.nonzero(label_map >= 0).flatten()
-            self.register_buffer("to_predictor", to_predictor, persistent=False)
+            table = label_map.tolist()
+            to_predictor = sorted(range(len(table)), key=lambda k: table[k])[table.count(-1):]
+            self.register_buffer("to_predictor", torch.tensor(to_predictor, device="cpu"), persistent=False)
 
     @classmethod
     def from_config(cls, cfg, input_shape):

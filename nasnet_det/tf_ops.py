@@ -20,7 +20,7 @@ _NMS_BLOCK = 4096          # candidates per block of the early-stopping greedy N
 
 def f32(value: float) -> torch.Tensor:
     """``value`` as a float32 scalar tensor (TF turns Python floats into float32 constants)."""
-    return torch.tensor(value, dtype=torch.float32)
+    return torch.tensor(value, dtype=torch.float32, device="cpu")
 
 
 def _legacy_grid(in_size: int, out_size: int, device) -> tuple:
@@ -77,8 +77,7 @@ def crop_and_resize(features: torch.Tensor, boxes: torch.Tensor, box_indices: to
     out = [_bilinear(nhwc, box_indices[i:i + chunk], ys[i:i + chunk], xs[i:i + chunk])
            for i in range(0, len(boxes), chunk)]
     crops = torch.cat(out) if out else nhwc.new_zeros((0, ch, cw, c))
-    fill = torch.as_tensor(extrapolation_value, dtype=crops.dtype, device=crops.device)
-    return torch.where(inside[..., None], crops, fill).permute(0, 3, 1, 2)
+    return crops.masked_fill_(~inside[..., None], extrapolation_value).permute(0, 3, 1, 2)
 
 
 def _bilinear(nhwc: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -90,12 +89,12 @@ def _bilinear(nhwc: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.T
     lf, rt = left.long().clamp(0, w - 1), xs.ceil().long().clamp(0, w - 1)
     bi = b.long()[:, None, None]
 
-    def at(yi, xi):
+    def _at(yi, xi):
         return nhwc[bi, yi[:, :, None], xi[:, None, :]]
 
     lx = lx[:, None, :, None]
-    top_row = at(t, lf) + (at(t, rt) - at(t, lf)) * lx
-    bottom_row = at(bt, lf) + (at(bt, rt) - at(bt, lf)) * lx
+    top_row = _at(t, lf) + (_at(t, rt) - _at(t, lf)) * lx
+    bottom_row = _at(bt, lf) + (_at(bt, rt) - _at(bt, lf)) * lx
     return top_row + (bottom_row - top_row) * ly[:, :, None, None]
 
 
@@ -174,4 +173,4 @@ def tf_anchor_order(sizes, aspect_ratios) -> torch.Tensor:
             raise ValueError(f"aspect ratios {ratios} are not closed under 1/r: TF's ratio {r} "
                              "(width / height) has no Detectron2 anchor (height / width)")
         order += [i * len(ratios) + j for i in range(len(sizes))]
-    return torch.tensor(order, dtype=torch.long)
+    return torch.tensor(order, dtype=torch.long, device="cpu")

@@ -32,9 +32,8 @@ the i-th. TF's COCO label map (mscoco_label_map.pbtxt) is ids 1..90 with these 8
 
 def _coco90() -> torch.Tensor:
     """TF class index (label-map id - 1, 0..89) -> Detectron2 contiguous COCO class, -1 if unused."""
-    table = torch.full((90,), -1, dtype=torch.long)
-    table[torch.tensor(COCO_CATEGORY_IDS) - 1] = torch.arange(len(COCO_CATEGORY_IDS))
-    return table
+    contiguous = {cid: i for i, cid in enumerate(COCO_CATEGORY_IDS)}
+    return torch.tensor([contiguous.get(k + 1, -1) for k in range(90)], dtype=torch.long, device="cpu")
 
 
 LABEL_MAPS = {

@@ -59,6 +59,10 @@ def test_crop_and_resize_equals_tf_including_boxes_outside_the_image():
         assert ours.shape == ref.shape
         assert np.abs(ours - ref).max() < 1e-5, size
         assert (ref == 0).sum() > 0 and ((ours == 0) == (ref == 0)).all()  # extrapolated samples
+    small = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    crop = functools.partial(tf_ops.crop_and_resize, boxes=boxes[10:14], box_indices=ind[:4] * 0,
+                             crop_size=(3, 3))
+    assert torch.autograd.gradcheck(crop, small)
 
 
 def test_crop_and_resize_is_the_od_api_call_and_not_roialign(tf_models):
@@ -116,10 +120,13 @@ def test_fixed_shape_resize_and_nas_scaling_equal_tf(tf_models):
 
 
 def test_box_decoding_equals_tf_faster_rcnn_box_coder(tf_models):
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
     g = torch.Generator().manual_seed(2)
     anchors = torch.rand(300, 2, generator=g) * 500
     anchors = torch.cat([anchors, anchors + torch.rand(300, 2, generator=g) * 300 + 1], 1)
-    deltas = torch.randn(300, 4, generator=g) * 3  # exp(3 * 3 / 5) > 1000 / 16: beyond d2's clamp
+    deltas = torch.randn(300, 4, generator=g) * 3
+    deltas[:20, 2:] = 25.0  # dw / 5 = 5 > log(1000 / 16): Detectron2's Box2BoxTransform would clamp
 
     def build(tf):
         from object_detection.box_coders.faster_rcnn_box_coder import FasterRcnnBoxCoder
@@ -131,6 +138,8 @@ def test_box_decoding_equals_tf_faster_rcnn_box_coder(tf_models):
     ref = run_tf(build)
     ours = xyxy_to_tf(tf_ops.decode_boxes(deltas, anchors, (10.0, 10.0, 5.0, 5.0)))
     assert np.abs(ours - ref).max() <= 1e-6 * np.abs(ref).max()
+    clamped = xyxy_to_tf(Box2BoxTransform((10.0, 10.0, 5.0, 5.0)).apply_deltas(deltas, anchors))
+    assert np.abs(clamped - ref)[:20].min() > 1.0 and np.abs(clamped - ref)[20:].max() < 1e-3
 
 
 def nms_case(seed=3, n=600):
@@ -264,6 +273,9 @@ def test_first_stage_equals_tf_predict_first_stage_and_postprocess_rpn(tf_models
     g = torch.Generator().manual_seed(5)
     n = anchors[0].tensor.shape[0]
     logits = (torch.randn(1, n, generator=g) * 4).round() / 2     # many exactly equal scores
+    # the two best: one cell's (64, h/w 0.5) and (512, h/w 2) anchors, tied and barely overlapping.
+    # Detectron2 orders them 0 < 11 in the cell, TF 8 > 3: TF's order puts the 512 px one first.
+    logits[0, 27 * 12 + torch.tensor([0, 11])] = 10.0
     deltas = torch.randn(1, n, 4, generator=g) * torch.tensor([0.5, 0.5, 0.3, 0.3])
     input_size, image_size = (96, 128), (90, 117)                  # padding below / right
     ours = rpn.select(anchors, [logits], [deltas], [image_size], input_size)[0]
@@ -292,6 +304,7 @@ def test_first_stage_equals_tf_predict_first_stage_and_postprocess_rpn(tf_models
     assert np.abs(xyxy_to_tf(normalised) - boxes[0, :num[0]]).max() < 1e-6
     assert np.abs(torch.sigmoid(ours.objectness_logits).numpy() - scores[0, :num[0]]).max() < 1e-6
     assert len(set(scores[0, :num[0]].tolist())) < num[0]  # ties among the selected proposals
+    assert scores[0, 0] == scores[0, 1] and boxes[0, 0, 2] - boxes[0, 0, 0] > boxes[0, 1, 2] - boxes[0, 1, 0]
 
 
 # ---------------------------------------------------------------- second stage
@@ -471,3 +484,28 @@ def test_tf_resize_refusals():
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     with pytest.raises(ValueError, match="INPUT.TF_RESIZE needs MODEL.META_ARCHITECTURE NASNetRCNN"):
         build_augmentations(cfg, is_train=True)
+
+
+def test_every_tf_option_together_trains_and_detects_in_original_pixels():
+    """The 1200_tf config's options on a tiny network and a 96 px input: a training step, detections."""
+    from det_helpers import make_cfg, tiny_inputs
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    tf_config = make_cfg("configs/COCO-Detection/faster_rcnn_nasnet_a_large_1200_tf.yaml")
+    keys = ["MODEL.PROPOSAL_GENERATOR.NAME", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.RPN.BOUNDARY_THRESH",
+            "MODEL.ROI_HEADS.TF_POSTPROCESS", "MODEL.ROI_HEADS.TF_LABEL_MAP", "MODEL.ROI_HEADS.NUM_CLASSES",
+            "INPUT.TF_RESIZE"]
+    opts = [x for key in keys for x in (key, functools.reduce(lambda n, p: n[p], key.split("."), tf_config))]
+    opts += ["INPUT.FIXED_SIZE", 96, "MODEL.ANCHOR_GENERATOR.SIZES", [[16, 32, 64]]]
+    cfg = make_cfg(INSTANT, TINY + opts)
+    model = build_model(cfg)
+    with EventStorage(0):
+        losses = model.train()(tiny_inputs(2, size=80, num_classes=80))
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_rpn_cls"] > 0
+    image = torch.from_numpy(real_looking_image(h=70, w=110, seed=3)).permute(2, 0, 1)
+    with torch.no_grad():
+        out = model.eval()([{"image": image}])[0]["instances"]
+    boxes = out.pred_boxes.tensor
+    assert 0 < len(out) <= 100 and out.image_size == (70, 110) and int(out.pred_classes.max()) < 80
+    assert boxes.min() >= 0 and (boxes[:, 2] <= 110).all() and (boxes[:, 3] <= 70).all()
