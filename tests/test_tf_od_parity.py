@@ -27,14 +27,10 @@ SIZE = 128
 TF_CLASSES = 90
 MAX_PROPOSALS = 32
 LABEL_IDS = list(range(1, TF_CLASSES + 1))
-CONFIG = "configs/COCO-Detection/faster_rcnn_nasnet_a_large_1200.yaml"
+CONFIG = "configs/COCO-Detection/faster_rcnn_nasnet_a_large_1200_tf.yaml"
 TINY = ["MODEL.NASNET.F", 384, "MODEL.NASNET.STEM_MULTIPLIER", 1.0, "MODEL.DEVICE", "cpu",
-        "INPUT.FIXED_SIZE", SIZE, "MODEL.ROI_HEADS.NUM_CLASSES", TF_CLASSES,
-        "MODEL.RPN.POST_NMS_TOPK_TEST", MAX_PROPOSALS]
-TF_EXACT = ["MODEL.NASNET.PAD_MODE", "tf", "MODEL.RPN.HEAD_NAME", "TFRPNHead",
-            "MODEL.PROPOSAL_GENERATOR.NAME", "TFRPN", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "TFCropAndResize",
-            "INPUT.TF_RESIZE", True, "MODEL.ROI_HEADS.TF_POSTPROCESS", True,
-            "MODEL.ROI_HEADS.TF_LABEL_MAP", "coco90"]
+        "INPUT.FIXED_SIZE", SIZE, "MODEL.RPN.POST_NMS_TOPK_TEST", MAX_PROPOSALS]
+"""The released model's config, TF-exact, at the test graph's NASNet width, input size and proposals."""
 PREDICTION_KEYS = ("rpn_features_to_crop", "rpn_box_encodings", "rpn_objectness_predictions_with_background",
                    "proposal_boxes", "num_proposals", "box_classifier_features",
                    "refined_box_encodings", "class_predictions_with_background")
@@ -42,7 +38,7 @@ PREDICTION_KEYS = ("rpn_features_to_crop", "rpn_box_encodings", "rpn_objectness_
 
 def detector_cfg():
     """The TF-exact detector config at the test's size (the tool converts for this one too)."""
-    return make_cfg(CONFIG, [*TF_EXACT, *TINY])
+    return make_cfg(CONFIG, TINY)
 
 
 def sample_images() -> list[np.ndarray]:
@@ -205,7 +201,7 @@ def parity(tf_models, tmp_path_factory):
         ref = [sess.run(fetch, feed_dict={image: img[None]}) for img in images]
     out = tmp / "converted.pth"
     argv = ["--source", "tf-od-api", "--input", str(tmp / "tf" / "model.ckpt"), "--output", str(out),
-            "--config-file", str(ROOT / CONFIG), *[str(o) for o in [*TF_EXACT, *TINY]]]
+            "--config-file", str(ROOT / CONFIG), *[str(o) for o in TINY]]
     rc = load_tool("convert_weights").main(argv)
     assert rc == 0
     from nasnet_det import NASNetCheckpointer
