@@ -20,8 +20,8 @@ detector that ``--config-file`` (default: the TF-exact 1200 config) and trailing
 overrides describe, as a Detectron2 checkpoint for ``MODEL.WEIGHTS``; every TF variable must have
 its place and every detector tensor its TF variable (``nasnet_det/tf_convert.py``):
 
-    python tools/convert_weights.py --source tf-od-api \
-        --input faster_rcnn_nas_coco_2018_01_28/model.ckpt --output weights/faster_rcnn_nas_coco.pth
+    python tools/convert_weights.py --source tf-od-api --input faster_rcnn_nas_coco_2018_01_28/model.ckpt \
+        --output weights/faster_rcnn_nas_coco_2018_01_28.pth
 
 ``--format detectron2`` writes ``{"model": state_dict, "__author__": "nasnet_core",
 "matching_heuristics": True}`` for ``MODEL.WEIGHTS`` of a nasnet_det detector: detectron2's
