@@ -178,3 +178,10 @@ def test_converted_tf_checkpoint_evaluates_with_train_net_eval_only(tmp_path, tm
     results = tmp_path / "eval" / "inference" / name / "coco_instances_results.json"
     detections = json.loads(results.read_text())
     assert detections and {d["category_id"] for d in detections} <= {1, 2, 3}
+
+
+def test_help_lists_tf_od_api(capsys):
+    with pytest.raises(SystemExit) as e:
+        load_tool("convert_weights").main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "tf-od-api" in out.split("--source")[1] and "--label-ids" in out
