@@ -16,8 +16,11 @@ Every TF variable has one place in the C4 detector, and every detector tensor on
   width): ``anchor_order`` reorders them;
 * ``SecondStageBoxPredictor/ClassPredictor`` ([in, 1 + TF classes], background first) ->
   ``roi_heads.box_predictor.cls_score`` (background last) and ``BoxEncodingPredictor`` ([in, 4 x TF
-  classes]) -> ``bbox_pred``: Detectron2 class j is TF label-map id ``label_ids[j]`` (COCO: the 80
-  category ids, 1..90 with gaps; the other ids' rows are dropped).
+  classes]) -> ``bbox_pred``: predictor class j is TF label-map id ``label_ids[j]``. The release's
+  TF-exact config keeps TF's 90 classes (``ROI_HEADS.TF_LABEL_MAP coco90``: ids 1..90, TF's 91-way
+  softmax, the 80 COCO classes mapped after post-processing); an 80-class predictor takes COCO's 80
+  category ids (1..90 with gaps) and drops the other rows, so its softmax lacks the 10 unused ids'
+  logits (scores then differ from TF's by their share of the softmax).
 
 The box coder's scale factors (10, 10, 5, 5) are the configs' BBOX_REG_WEIGHTS, so deltas carry
 over unscaled. What does not fit is refused in one line naming TF's variables; nothing is written.
