@@ -1,7 +1,8 @@
 """nasnet_det: NASNet-A as a Detectron2 backbone (Faster R-CNN, C4 and FPN).
 
 ``import nasnet_det`` registers the backbones (``build_nasnet_c4_backbone``,
-``build_nasnet_fpn_backbone``), the ROI head (``NASNetROIHeads``) and the datasets
+``build_nasnet_fpn_backbone``), the meta-architecture (``NASNetRCNN``), the ROI head
+(``NASNetROIHeads``), TF's first stage (``TFRPN``) and RPN head (``TFRPNHead``) and the datasets
 (shapes, COCO 2014 mini-val 8k splits) with Detectron2.
 """
 
@@ -17,11 +18,15 @@ from .backbone import NASNetBackbone, build_nasnet_c4_backbone, build_nasnet_fpn
 from .checkpoint import NASNetCheckpointer
 from .config import add_nasnet_config
 from .datasets import register_all
+from .meta_arch import NASNetRCNN
 from .roi_heads import NASNetROIHeads
+from .rpn_head import TFRPNHead
+from .tf_rpn import TFRPN
 
 register_all()
 
 __all__ = [
-    "NASNetBackbone", "NASNetCheckpointer", "NASNetROIHeads", "add_nasnet_config",
+    "NASNetBackbone", "NASNetCheckpointer", "NASNetRCNN", "NASNetROIHeads", "TFRPN", "TFRPNHead",
+    "add_nasnet_config",
     "build_nasnet_c4_backbone", "build_nasnet_fpn_backbone", "register_all",
 ]

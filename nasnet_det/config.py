@@ -1,5 +1,6 @@
-"""The config keys nasnet_det adds to Detectron2's: 12 under ``MODEL.NASNET``, 1 under ``INPUT``,
-4 under ``TEST`` and ``CPU_THREADS``."""
+"""The config keys nasnet_det adds to Detectron2's: 12 under ``MODEL.NASNET``, 2 under ``INPUT``,
+3 under ``MODEL.ROI_HEADS``, 4 under ``TEST`` and ``CPU_THREADS``; and the names it registers for
+Detectron2's own keys (the TF OD API block below)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def add_nasnet_config(cfg) -> None:
     # Resize every image to a fixed SIZE x SIZE square (the paper's 600/800/1200 inputs,
     # aspect ratio not kept); 0 uses INPUT.MIN_SIZE_*/MAX_SIZE_* as usual.
     cfg.INPUT.FIXED_SIZE = 0
+    _add_tf_exact_config(cfg)  # INPUT.TF_RESIZE, MODEL.ROI_HEADS.TF_*
+
     # Minimum score of the detections drawn by train_net's visualisation after evaluation.
     cfg.TEST.VIS_THRESHOLD = 0.5
     # Images drawn per test set after evaluation (0: none).
@@ -62,3 +65,31 @@ def add_nasnet_config(cfg) -> None:
     # torch intra-op threads for CPU runs (0: torch's default). On a small shared machine one
     # thread avoids OpenMP spin contention (measured 5-10x faster per iteration on 2 busy cores).
     cfg.CPU_THREADS = 0
+
+
+def _add_tf_exact_config(cfg) -> None:
+    """Keys that make the detector compute what TF's faster_rcnn_nas computes (docs/detection.md,
+    "Computing what TF computes"; configs/COCO-Detection/*_tf*.yaml turn all of them on)."""
+    # Two more are values of Detectron2's own keys, registered by nasnet_det:
+    #   MODEL.ROI_BOX_HEAD.POOLER_TYPE "TFCropAndResize" (NASNetROIHeads): TF's crop_and_resize of the
+    #     proposals normalised by the input tensor's size, POOLER_RESOLUTION^2 (17), no max-pool;
+    #   MODEL.PROPOSAL_GENERATOR.NAME "TFRPN": TF's first-stage selection (TF anchor order, clipped
+    #     anchors, TF decoding, NMS RPN.NMS_THRESH over every anchor: no PRE_NMS_TOPK, no MIN_SIZE;
+    #     RPN.POST_NMS_TOPK_* = TF's first_stage_max_proposals; clipped to the image).
+    # NASNetROIHeads post-processes as TF's second stage: softmax, per-class TF decoding (no clamp), NMS
+    # (ROI_HEADS.NMS_THRESH_TEST, SCORE_THRESH_TEST) on unclipped boxes, then clip, drop zero-area boxes,
+    # keep TEST.DETECTIONS_PER_IMAGE (TF max_total_detections).
+    cfg.MODEL.ROI_HEADS.TF_POSTPROCESS = False
+    # TF's max_detections_per_class under TF_POSTPROCESS.
+    cfg.MODEL.ROI_HEADS.TF_MAX_DETECTIONS_PER_CLASS = 100
+    # Under TF_POSTPROCESS: "" (predictor classes are the dataset's) or "coco90": the predictor has TF's
+    # 90 COCO label-map classes (NUM_CLASSES 90, class i = COCO id i + 1), so the softmax spans TF's 91
+    # logits; after the top DETECTIONS_PER_IMAGE, ids COCO never uses are dropped and the rest mapped
+    # to the dataset's 80 classes (training maps the ground truth the other way).
+    cfg.MODEL.ROI_HEADS.TF_LABEL_MAP = ""
+    # True (needs MODEL.META_ARCHITECTURE "NASNetRCNN", the base's): the model resizes each image to
+    # INPUT.FIXED_SIZE^2 as TF's fixed_shape_resizer (float32 TF1 bilinear: align_corners False, no
+    # half-pixel offset, no antialias) and scales pixels as the NAS extractor, (2 / 255) x - 1 (not
+    # PIXEL_MEAN / STD), without padding; the loader does not resize; detections come back in the
+    # image's own pixels (TF's normalised boxes x the original size).
+    cfg.INPUT.TF_RESIZE = False

@@ -32,6 +32,7 @@ from . import shapes
 from .backbone import NASNetBackbone
 from .checkpoint import NASNetCheckpointer
 from .config import add_nasnet_config
+from .meta_arch import META_ARCH
 from .roi_heads import NASNetCropHead
 
 __all__ = ["setup_cfg", "setup_cfg_plain", "merge_config", "Trainer", "EVALUATORS", "build_evaluator",
@@ -150,8 +151,14 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
 
 
 def build_augmentations(cfg, is_train: bool) -> list:
-    """Fixed square resize when INPUT.FIXED_SIZE > 0 (the paper), else shortest-edge; flip in training."""
-    if cfg.INPUT.FIXED_SIZE > 0:
+    """Fixed square resize when INPUT.FIXED_SIZE > 0 (the paper), else shortest-edge; none under
+    INPUT.TF_RESIZE (the model resizes as TF); flip in training."""
+    if cfg.INPUT.TF_RESIZE:
+        if cfg.MODEL.META_ARCHITECTURE != META_ARCH:
+            raise ValueError(f"INPUT.TF_RESIZE needs MODEL.META_ARCHITECTURE {META_ARCH} (the model resizes "
+                             f"as TF), got {cfg.MODEL.META_ARCHITECTURE}")
+        augs = []
+    elif cfg.INPUT.FIXED_SIZE > 0:
         augs = [T.Resize((cfg.INPUT.FIXED_SIZE, cfg.INPUT.FIXED_SIZE))]
     elif is_train:
         augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,

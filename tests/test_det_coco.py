@@ -17,12 +17,29 @@ from nasnet_det.engine import DropPathStep  # noqa: E402
 COCO = sorted(f"configs/COCO-Detection/{p.name}"
               for p in (ROOT / "configs" / "COCO-Detection").glob("*.yaml"))
 NASNET_C4 = [c for c in COCO if "nasnet" in c and "fpn" not in c]
-LARGE_800, LARGE_1200, MOBILE_600 = (f"configs/COCO-Detection/faster_rcnn_nasnet_a_{n}.yaml"
-                                     for n in ("large_800", "large_1200", "mobile_600"))
+LARGE_800, LARGE_1200, MOBILE_600, TF_1200, TF_LOW = (
+    f"configs/COCO-Detection/faster_rcnn_nasnet_a_{n}.yaml"
+    for n in ("large_800", "large_1200", "mobile_600", "large_1200_tf", "large_1200_tf_lowproposals"))
 
 
 def test_the_coco_configs_are_the_shipped_ones():
-    assert len(COCO) == 5 and len(NASNET_C4) == 3
+    assert len(COCO) == 7 and len(NASNET_C4) == 5
+
+
+@pytest.mark.parametrize("config_file", [TF_1200, TF_LOW])
+def test_tf_configs_turn_every_tf_exact_option_on(config_file):
+    """The released models as TF computes them: the sample config's values and all five options."""
+    cfg = make_cfg(config_file)
+    roi, rpn, box = cfg.MODEL.ROI_HEADS, cfg.MODEL.RPN, cfg.MODEL.ROI_BOX_HEAD
+    assert cfg.MODEL.META_ARCHITECTURE == "NASNetRCNN" and cfg.INPUT.TF_RESIZE
+    assert cfg.INPUT.FIXED_SIZE == 1200
+    assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "TFRPN" and rpn.NMS_THRESH == 0.7
+    assert (box.POOLER_TYPE, box.POOLER_RESOLUTION) == ("TFCropAndResize", 17)
+    assert (roi.TF_POSTPROCESS, roi.TF_LABEL_MAP, roi.NUM_CLASSES) == (True, "coco90", 90)
+    assert (roi.NMS_THRESH_TEST, roi.SCORE_THRESH_TEST, roi.TF_MAX_DETECTIONS_PER_CLASS) == (0.6, 0.0, 100)
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 100 and cfg.MODEL.NASNET.ARCH == "nasnet_a_large"
+    assert cfg.MODEL.NASNET.PAD_MODE == "tf" and rpn.POST_NMS_TOPK_TRAIN == 500
+    assert rpn.POST_NMS_TOPK_TEST == (50 if "lowproposals" in config_file else 500)
 
 
 @pytest.mark.parametrize("config_file", COCO)
@@ -37,8 +54,9 @@ def test_second_stage_rpn_and_losses_as_tf(config_file):
     assert (rpn.BBOX_REG_LOSS_WEIGHT, box.BBOX_REG_LOSS_WEIGHT, rpn.LOSS_WEIGHT) == (2.0, 2.0, 1.0)
     clip = cfg.SOLVER.CLIP_GRADIENTS
     assert (clip.ENABLED, clip.CLIP_TYPE, clip.CLIP_VALUE) == (True, "norm", 10.0)
-    if "fpn" not in config_file:
-        assert rpn.POST_NMS_TOPK_TRAIN == rpn.POST_NMS_TOPK_TEST == 500
+    if "fpn" not in config_file:  # the lowproposals release: TF's 50 at test time
+        assert rpn.POST_NMS_TOPK_TRAIN == 500
+        assert rpn.POST_NMS_TOPK_TEST == (50 if "lowproposals" in config_file else 500)
     if "nasnet" in config_file:
         assert cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB == 0.7 and cfg.MODEL.NASNET.NORM == "FrozenBN"
 
@@ -90,8 +108,10 @@ def test_training_step_at_each_coco_structure(config_file):
     A 64 px image gives ~20 proposals, so NASNet-A large's head trains in seconds.
     """
     torch.set_num_threads(2)
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.NASNET.NORM", "BN", "MODEL.RESNETS.NORM", "BN"]
-    model = build_model(make_cfg(config_file, opts)).train()
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.NASNET.NORM", "BN", "MODEL.RESNETS.NORM", "BN",
+            "INPUT.FIXED_SIZE", 64]  # the TF configs resize in the model: keep their input at 64 px
+    cfg = make_cfg(config_file, opts)
+    model = build_model(cfg).train()
     seen = []
     if hasattr(model.roi_heads, "res5"):
         model.roi_heads.res5.register_forward_hook(lambda m, i, o: seen.append((i[0].shape, o.shape)))
@@ -100,12 +120,15 @@ def test_training_step_at_each_coco_structure(config_file):
         losses = model(tiny_inputs(1, size=64, num_classes=80))
     total = sum(losses.values())
     assert torch.isfinite(total), losses
-    assert abs(float(losses["loss_cls"]) - math.log(81)) < 1.0, losses  # ~uniform over 80 + background
+    classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES  # 80, or TF's 90 (label map coco90)
+    assert abs(float(losses["loss_cls"]) - math.log(classes + 1)) < 1.0, losses  # ~uniform
     total.backward()
     opt.step()
     if seen:
         (crops, out), = seen
-        assert 10 <= crops[0] <= 64 and crops[-1] == model.roi_heads.pooler.output_size[0]
+        # TFRPN prunes anchors not inside the image in training (as TF): at 64 px one anchor fits
+        fewest = 1 if cfg.MODEL.PROPOSAL_GENERATOR.NAME == "TFRPN" else 10
+        assert fewest <= crops[0] <= 64 and crops[-1] == model.roi_heads.pooler.output_size[0]
         if "nasnet" in config_file:
             assert (crops[-1], out[-1]) == (17, 9)
 
