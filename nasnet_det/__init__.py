@@ -2,8 +2,8 @@
 
 ``import nasnet_det`` registers the backbones (``build_nasnet_c4_backbone``,
 ``build_nasnet_fpn_backbone``), the meta-architecture (``NASNetRCNN``), the ROI head
-(``NASNetROIHeads``), TF's first stage (``TFRPN``) and the datasets (shapes, COCO 2014 mini-val 8k
-splits) with Detectron2.
+(``NASNetROIHeads``), TF's first stage (``TFRPN``, ``TFRPNHead``) and the datasets (shapes,
+COCO 2014 mini-val 8k splits) with Detectron2.
 """
 
 try:
@@ -20,11 +20,11 @@ from .config import add_nasnet_config
 from .datasets import register_all
 from .meta_arch import NASNetRCNN
 from .roi_heads import NASNetROIHeads
-from .tf_rpn import TFRPN
+from .tf_rpn import TFRPN, TFRPNHead
 
 register_all()
 
 __all__ = [
-    "NASNetBackbone", "NASNetCheckpointer", "NASNetRCNN", "NASNetROIHeads", "TFRPN", "add_nasnet_config",
-    "build_nasnet_c4_backbone", "build_nasnet_fpn_backbone", "register_all",
+    "NASNetBackbone", "NASNetCheckpointer", "NASNetRCNN", "NASNetROIHeads", "TFRPN", "TFRPNHead",
+    "add_nasnet_config", "build_nasnet_c4_backbone", "build_nasnet_fpn_backbone", "register_all",
 ]

@@ -1,4 +1,5 @@
-"""``MODEL.PROPOSAL_GENERATOR.NAME "TFRPN"``: Detectron2's RPN whose proposals are the TF OD API's.
+"""``MODEL.PROPOSAL_GENERATOR.NAME "TFRPN"``: Detectron2's RPN whose proposals are the TF OD API's;
+``MODEL.RPN.HEAD_NAME "TFRPNHead"``: Detectron2's RPN head with TF's ReLU6 after the 3 x 3 conv.
 
 Head, anchors and losses are Detectron2's (``MODEL.RPN.*``); the proposals are selected as
 ``FasterRCNNMetaArch`` does (:func:`nasnet_det.tf_postprocess.select_proposals`): anchors in TF's
@@ -12,14 +13,26 @@ from __future__ import annotations
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers import Conv2d
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator import RPN
+from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY, StandardRPNHead
 from detectron2.structures import Boxes, Instances
+from torch import nn
 
 from .tf_ops import tf_anchor_order
 from .tf_postprocess import select_proposals
 
-__all__ = ["TFRPN"]
+__all__ = ["TFRPN", "TFRPNHead"]
+
+
+@RPN_HEAD_REGISTRY.register()
+class TFRPNHead(StandardRPNHead):
+    """StandardRPNHead whose 3 x 3 conv is followed by ReLU6, as the OD API's first-stage box
+    predictor conv (``activation_fn=tf.nn.relu6``); Detectron2's uses ReLU."""
+
+    def _get_rpn_conv(self, in_channels, out_channels):
+        return Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, activation=nn.ReLU6())
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
