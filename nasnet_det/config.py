@@ -70,12 +70,13 @@ def add_nasnet_config(cfg) -> None:
 def _add_tf_exact_config(cfg) -> None:
     """Keys that make the detector compute what TF's faster_rcnn_nas computes (docs/detection.md,
     "Computing what TF computes"; configs/COCO-Detection/*_tf*.yaml turn all of them on)."""
-    # Two more are values of Detectron2's own keys, registered by nasnet_det:
+    # Three more are values of Detectron2's own keys, registered by nasnet_det:
     #   MODEL.ROI_BOX_HEAD.POOLER_TYPE "TFCropAndResize" (NASNetROIHeads): TF's crop_and_resize of the
     #     proposals normalised by the input tensor's size, POOLER_RESOLUTION^2 (17), no max-pool;
     #   MODEL.PROPOSAL_GENERATOR.NAME "TFRPN": TF's first-stage selection (TF anchor order, clipped
     #     anchors, TF decoding, NMS RPN.NMS_THRESH over every anchor: no PRE_NMS_TOPK, no MIN_SIZE;
-    #     RPN.POST_NMS_TOPK_* = TF's first_stage_max_proposals; clipped to the image).
+    #     RPN.POST_NMS_TOPK_* = TF's first_stage_max_proposals; clipped to the image);
+    #   MODEL.RPN.HEAD_NAME "TFRPNHead": the RPN conv's activation is TF's ReLU6, not ReLU.
     # NASNetROIHeads post-processes as TF's second stage: softmax, per-class TF decoding (no clamp), NMS
     # (ROI_HEADS.NMS_THRESH_TEST, SCORE_THRESH_TEST) on unclipped boxes, then clip, drop zero-area boxes,
     # keep TEST.DETECTIONS_PER_IMAGE (TF max_total_detections).

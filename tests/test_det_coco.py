@@ -28,12 +28,13 @@ def test_the_coco_configs_are_the_shipped_ones():
 
 @pytest.mark.parametrize("config_file", [TF_1200, TF_LOW])
 def test_tf_configs_turn_every_tf_exact_option_on(config_file):
-    """The released models as TF computes them: the sample config's values and all five options."""
+    """The released models as TF computes them: the sample config's values and every TF-exact option."""
     cfg = make_cfg(config_file)
     roi, rpn, box = cfg.MODEL.ROI_HEADS, cfg.MODEL.RPN, cfg.MODEL.ROI_BOX_HEAD
     assert cfg.MODEL.META_ARCHITECTURE == "NASNetRCNN" and cfg.INPUT.TF_RESIZE
     assert cfg.INPUT.FIXED_SIZE == 1200
     assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "TFRPN" and rpn.NMS_THRESH == 0.7
+    assert rpn.HEAD_NAME == "TFRPNHead"
     assert (box.POOLER_TYPE, box.POOLER_RESOLUTION) == ("TFCropAndResize", 17)
     assert (roi.TF_POSTPROCESS, roi.TF_LABEL_MAP, roi.NUM_CLASSES) == (True, "coco90", 90)
     assert (roi.NMS_THRESH_TEST, roi.SCORE_THRESH_TEST, roi.TF_MAX_DETECTIONS_PER_CLASS) == (0.6, 0.0, 100)

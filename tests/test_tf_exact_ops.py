@@ -250,6 +250,29 @@ def test_tf_crop_head_runs_in_training_and_inference():
 # ---------------------------------------------------------------- first stage
 
 
+def test_tf_rpn_head_conv_is_tf_relu6_conv():
+    """RPN.HEAD_NAME TFRPNHead: the first-stage conv as TF's slim.conv2d(3 x 3, SAME, relu6);
+    Detectron2's StandardRPNHead (ReLU) differs wherever an activation passes 6."""
+    from det_helpers import make_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.proposal_generator import build_rpn_head
+
+    opts = ["MODEL.RPN.HEAD_NAME", "TFRPNHead", "MODEL.RPN.CONV_DIMS", [8]]
+    cfg = make_cfg("configs/Base-NASNet-C4.yaml", opts)
+    conv = build_rpn_head(cfg, [ShapeSpec(channels=5, stride=16)]).conv
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 5, 6, 7, generator=g) * 3
+    with torch.no_grad():
+        conv.weight.normal_(0.0, 0.5, generator=g)  # activations well past 6
+    ours = conv(x).permute(0, 2, 3, 1).detach().numpy()
+    w, b = conv.weight.detach().permute(2, 3, 1, 0).numpy(), conv.bias.detach().numpy()
+    ref = run_tf(lambda tf: tf.nn.relu6(tf.nn.conv2d(x.permute(0, 2, 3, 1).numpy(), w, 1, "SAME") + b))
+    assert np.abs(ours - ref).max() < 1e-4 and (ref == 6).mean() > 0.05
+    plain = torch.relu(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)).detach()
+    assert plain.max() > 6.5
+
+
+
 def tf_meta_arch(**attrs):
     """A FasterRCNNMetaArch with just the attributes its post-processing methods read (TF's own code)."""
     from object_detection.meta_architectures.faster_rcnn_meta_arch import FasterRCNNMetaArch
@@ -493,7 +516,8 @@ def test_every_tf_option_together_trains_and_detects_in_original_pixels():
     from detectron2.utils.events import EventStorage
 
     tf_config = make_cfg("configs/COCO-Detection/faster_rcnn_nasnet_a_large_1200_tf.yaml")
-    keys = ["MODEL.PROPOSAL_GENERATOR.NAME", "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.RPN.BOUNDARY_THRESH",
+    keys = ["MODEL.PROPOSAL_GENERATOR.NAME", "MODEL.RPN.HEAD_NAME", "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
+            "MODEL.RPN.BOUNDARY_THRESH",
             "MODEL.ROI_HEADS.TF_POSTPROCESS", "MODEL.ROI_HEADS.TF_LABEL_MAP", "MODEL.ROI_HEADS.NUM_CLASSES",
             "INPUT.TF_RESIZE"]
     opts = [x for key in keys for x in (key, functools.reduce(lambda n, p: n[p], key.split("."), tf_config))]
