@@ -212,7 +212,7 @@ def bench(config: Path, opts: list, args) -> list[dict]:
             act = m["base_bytes"] + m["head0_bytes"] + rois * m["roi_bytes"] + recompute
             row.update(act_gib=act / GIB, base_gib=m["base_bytes"] / GIB, roi_mib=m["roi_bytes"] / MIB,
                        state_gib=(params + 2 * trainable) / GIB, proposals=m["proposals"],
-                       cell_gib=m["cell_bytes"] / GIB)
+                       cell_gib=m["cell_bytes"] / GIB, recompute_gib=recompute / GIB)
             row["gpu_gib"] = per_gpu_imgs * row["act_gib"] + row["state_gib"]
             row["fwd_s"] = m["base_s"] + m["head0_s"] + (rois - m["k1"]) * m["roi_s"]
             if row["act_gib"] < args.max_train_gib and not args.no_train:
@@ -250,13 +250,15 @@ def measure_cuda(model, batch: list[dict], args) -> dict:
 
 def table(rows: list[dict], limit: float) -> str:
     """Markdown table of the rows."""
-    head = ("| config | input | ROIs/img | imgs/GPU | saved act./img GiB (backbone+RPN; head MiB/ROI) "
+    head = ("| config | input | ROIs/img | imgs/GPU | saved act./img GiB (backbone+RPN; head MiB/ROI"
+            "[; recomputed]) "
             "| params+grads+momentum GiB | projected GiB/GPU | fits | train s/iter (1 img) "
             "| train time ckpt / plain | infer s/img |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         train = f"{r['train_s']:.1f}" if "train_s" in r else f"fwd only {r.get('fwd_s', 0):.1f}"
-        detail = f"{r['act_gib']:.2f} ({r.get('base_gib', 0):.2f}; {r.get('roi_mib', 0):.1f})"
+        detail = f"{r['act_gib']:.2f} ({r.get('base_gib', 0):.2f}; {r.get('roi_mib', 0):.1f}"
+        detail += f"; + {r['recompute_gib']:.2f} one cell recomputed)" if r.get("recompute_gib") else ")"
         infer = f"{r['infer_s']:.2f} ({r['infer_kind']})" if "infer_s" in r else "not run"
         ratio = f"{r['train_ratio']:.2f}" if "train_ratio" in r else ""
         lines.append(f"| {r['config']} | {r['size']} | {r['rois']} | {r['imgs_per_gpu']:g} | {detail} | "
