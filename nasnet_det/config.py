@@ -45,8 +45,9 @@ def add_nasnet_config(cfg) -> None:
     # API's NASNet extractor: 0.7); the ramp from 1.0 runs over SOLVER.MAX_ITER.
     n.DROP_PATH_KEEP_PROB = 1.0
     # Activation checkpointing per cell in training (backbone and per-ROI head cells): each cell
-    # keeps only its inputs and recomputes its activations in backward, for ~1/3 more compute;
-    # the same drop-path masks, BN statistics updated once. For cards the plain model overflows.
+    # keeps only its inputs and recomputes its activations in backward (one more forward pass of
+    # the cells); the same drop-path masks, BN statistics updated once. Large 1200 at 2 images per
+    # GPU projects 6.4 GiB with it, 20.0 without (docs/detection.md).
     n.GRAD_CHECKPOINTING = False
 
     # Resize every image to a fixed SIZE x SIZE square (the paper's 600/800/1200 inputs,
