@@ -116,6 +116,7 @@ def test_checkpointed_nasnet_b_equals_plain():
     assert _max_diff(grads, grads_ck) <= 1e-6 and _max_diff(bufs, bufs_ck) <= 1e-6
 
 
+@pytest.mark.slow
 def test_bf16_autocast_classifier_training_close_to_fp32(tmp_path):
     """The trainer with train.amp on (bf16 autocast on this CPU): finite, step 1 within 5 % of fp32,
     and model.grad_checkpointing on gives the plain run's losses."""
