@@ -20,7 +20,7 @@ from detectron2.data import (
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup, hooks
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, default_setup, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
@@ -29,6 +29,7 @@ from nasnet_core.common.cli import one_line
 from nasnet_core.common.config import ConfigError
 
 from . import shapes
+from .amp import AutocastTrainer
 from .backbone import NASNetBackbone
 from .checkpoint import NASNetCheckpointer
 from .config import add_nasnet_config
@@ -184,13 +185,17 @@ class DropPathStep(hooks.HookBase):
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with NASNet checkpoint loading, per-dataset evaluators and fixed-size inputs."""
+    """DefaultTrainer with NASNet checkpoint loading, per-dataset evaluators, fixed-size inputs and
+    SOLVER.AMP on CPU too (bf16 autocast, see nasnet_det.amp)."""
 
     def __init__(self, cfg):
         if cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1:
             self._init_cpu_ddp(cfg)  # builds its NASNetCheckpointer itself
         else:
             super().__init__(cfg)
+            if cfg.SOLVER.AMP.ENABLED:  # detectron2's AMPTrainer needs CUDA: autocast on any device
+                t = self._trainer
+                self._trainer = AutocastTrainer(t.model, t.data_loader, t.optimizer)
             # Reads nasnet_core ImageNet checkpoints in MODEL.WEIGHTS (and everything detectron2 reads).
             self.checkpointer = NASNetCheckpointer(self.checkpointer.model, cfg.OUTPUT_DIR,
                                                    **self.checkpointer.checkpointables)
@@ -204,7 +209,7 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = DistributedDataParallel(model, broadcast_buffers=False)
-        loop = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        loop = AutocastTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = loop(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = NASNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))

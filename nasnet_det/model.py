@@ -34,6 +34,7 @@ def build_nasnet(cfg) -> NASNet:
         if value != unset:
             over[key] = bool(value) if key == "skip_reduction_layer_input" else value
     model = nc.create_model(n.ARCH, **over)
+    model.set_grad_checkpointing(bool(n.GRAD_CHECKPOINTING))  # reaches the backbone and the ROI head
     if n.NORM == "FrozenBN":
         FrozenBatchNorm2d.convert_frozen_batchnorm(model)
     return model

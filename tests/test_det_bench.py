@@ -64,12 +64,18 @@ def test_tool_prints_projection_and_ratio(bench, tmp_path, capsys):
     assert bench.main(["--configs", MOBILE_600, "--iters", "1", "--json", str(out), "--opts", *SMALL]) == 0
     text = capsys.readouterr().out
     rows = json.loads(out.read_text())
-    names = ["faster_rcnn_nasnet_a_mobile_600", "faster_rcnn_R_50_C4_minival8k@96"]
+    names = ["faster_rcnn_nasnet_a_mobile_600", "faster_rcnn_nasnet_a_mobile_600+ckpt",
+             "faster_rcnn_R_50_C4_minival8k@96"]
     assert [r["config"] for r in rows] == names
+    plain, ck = rows[0], rows[1]
+    assert ck["checkpointing"] and not plain["checkpointing"] and ck["train_ratio"] > 0
+    # checkpointed: only the cells' inputs are saved, plus one cell recomputed during backward
+    assert plain["cell_gib"] < ck["act_gib"] < plain["act_gib"]
     for r in rows:
         assert r["rois"] == 64 and r["imgs_per_gpu"] == 2
         assert r["gpu_gib"] == pytest.approx(2 * r["act_gib"] + r["state_gib"])
         assert r["train_s"] > 0 and r["infer_kind"] == "measured"
     assert "| faster_rcnn_nasnet_a_mobile_600 | 96 | 64 | 2 |" in text
+    assert "| faster_rcnn_nasnet_a_mobile_600+ckpt | 96 | 64 | 2 |" in text
     assert "inference, NASNet-A mobile 600 / R50-C4 600:" not in text  # R50 ran at 96, not 600
     assert bench.main(["--configs", str(tmp_path / "none.yaml")]) == 2

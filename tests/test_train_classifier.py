@@ -367,11 +367,13 @@ def test_interrupt_never_leaves_truncated_checkpoint(tmp_path, monkeypatch):
 def test_benchmark_training_runs_on_cpu(capsys):
     benchmark_training = load_tool("benchmark_training")
     rc = benchmark_training.main(["--device", "cpu", "--recipes", "mobile", "--modes", "fp32", "bf16+cl",
-                                  "--batch-size", "2", "--iters", "1", "--warmup", "1", "--image-size", "96",
-                                  "--N", "1", "--F", "192"])
+                                  "fp32+ckpt", "--batch-size", "2", "--iters", "1", "--warmup", "1",
+                                  "--image-size", "96", "--N", "1", "--F", "192"])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "img/s" in ln]
-    assert rc == 0 and len(lines) == 2
+    assert rc == 0 and len(lines) == 3
     assert all(float(ln.split(":")[1].split()[0]) > 0 for ln in lines) and "x fp32" in lines[1]
+    saved = [float(ln.split("saved act.")[1].split()[0]) for ln in lines]  # MiB
+    assert 0 < saved[2] < saved[0]  # checkpointed: cell inputs + one recomputed cell
 
 
 def test_cli_flags_do_not_swallow_overrides():

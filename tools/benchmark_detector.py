@@ -30,7 +30,6 @@ import json
 import math
 import sys
 import time
-import weakref
 from pathlib import Path
 
 import torch
@@ -41,6 +40,9 @@ from detectron2.utils.events import EventStorage
 
 from nasnet_core.common.cli import tool_main
 from nasnet_core.common.fileio import atomic_write_text
+from nasnet_core.model.cell import Cell
+from nasnet_core.model.complexity import SavedBytes
+from nasnet_core.model.network import NASNet
 from nasnet_det.engine import setup_cfg_plain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,38 +72,6 @@ def synthetic_batch(n: int, size: int, num_classes: int, seed: int = 0) -> list[
         img = torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8).float()
         batch.append({"image": img, "height": size, "width": size, "instances": inst})
     return batch
-
-
-class SavedBytes:
-    """Saved-tensor hooks totalling the distinct storages autograd saves; nothing is kept."""
-
-    def __init__(self, model: torch.nn.Module, seen: dict | None = None):
-        self.skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-        self.seen = {} if seen is None else seen  # data_ptr -> (nbytes, [weakrefs to tensors])
-        self.bytes = 0
-
-    def pack(self, t: torch.Tensor):
-        """Count ``t``'s storage unless a live tensor already brought it in; return a placeholder."""
-        st = t.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr in self.skip or t.device.type == "meta":
-            return None
-        entry = self.seen.get(ptr)
-        if entry is not None and any(r() is not None for r in entry[1]):
-            entry[1].append(weakref.ref(t))  # same live storage (a view or the same tensor)
-            return None
-        # new storage, or the address of one that died here (training would have kept it)
-        self.seen[ptr] = (st.nbytes(), [weakref.ref(t)])
-        self.bytes += st.nbytes()
-        return None
-
-    def __enter__(self):
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda _: None)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def calibrated_model(config: Path, opts: list, batch: list[dict]):
@@ -139,31 +109,45 @@ def state_bytes(model: torch.nn.Module) -> tuple[float, float]:
     return params, trainable
 
 
-def measure_cpu(model, batch: list[dict], rois: tuple[int, int]) -> dict:
-    """Saved bytes and forward seconds of backbone + RPN and of the ROI head at two ROI counts."""
+def measure_cpu(model, batch: list[dict], rois: tuple[int, int], target_rois: int = 64) -> dict:
+    """Saved bytes and forward seconds of backbone + RPN and of the ROI head at two ROI counts, and
+    the most bytes saved inside one cell (the head's at ``target_rois``): what a checkpointed cell's
+    recomputation holds again during backward."""
     model.train()
     gt = [x["instances"] for x in batch]
+    cells = {n: m for n, m in model.named_modules() if isinstance(m, Cell)}
     with EventStorage(0):
-        with SavedBytes(model) as base:
+        with SavedBytes(model).watch(cells) as base:
             t0 = time.perf_counter()
             images = model.preprocess_image(batch)
             feats = model.backbone(images.tensor)
             props, _ = model.proposal_generator(images, feats, gt)
             t_base = time.perf_counter() - t0
-        head = {}
+        head, head_cells = {}, {}
         for k in rois:
             model.roi_heads.batch_size_per_image = k
             seen = {p: (n, list(r)) for p, (n, r) in base.seen.items()}
-            with SavedBytes(model, seen) as hb:
+            with SavedBytes(model, seen).watch(cells) as hb:
                 t0 = time.perf_counter()
                 model.roi_heads(images, feats, props, gt)
-                head[k] = (hb.bytes, time.perf_counter() - t0)
+                head[k], head_cells[k] = (hb.bytes, time.perf_counter() - t0), hb.per_module
     (k1, (b1, s1)), (k2, (b2, s2)) = sorted(head.items())
     if min(len(p) for p in props) < k2:
         raise RuntimeError(f"only {min(len(p) for p in props)} proposals: the ROI head was not measured")
+    c1, c2 = head_cells[k1], head_cells[k2]
+    head_cell = max((c1[n] + (target_rois - k1) * (c2[n] - c1[n]) / (k2 - k1) for n in c1), default=0)
     return {"base_bytes": base.bytes, "base_s": t_base, "roi_bytes": (b2 - b1) / (k2 - k1),
             "head0_bytes": b1 - k1 * (b2 - b1) / (k2 - k1), "roi_s": max(s2 - s1, 0.0) / (k2 - k1),
-            "head0_s": s1, "k1": k1, "proposals": min(len(p) for p in props)}
+            "head0_s": s1, "k1": k1, "proposals": min(len(p) for p in props),
+            "cell_bytes": max(max(base.per_module.values(), default=0), head_cell)}
+
+
+def set_checkpointing(model, on: bool) -> bool:
+    """Turn per-cell activation checkpointing on or off in every NASNet part; whether there is one."""
+    parts = [m for m in model.modules() if isinstance(m, NASNet)]
+    for part in parts:
+        part.set_grad_checkpointing(on)
+    return bool(parts)
 
 
 def train_iteration(model, batch: list[dict], iters: int) -> float:
@@ -200,8 +184,9 @@ def inference(model, batch: list[dict], topk: int | None = None) -> float:
         rpn.post_nms_topk[False] = saved
 
 
-def bench(config: Path, opts: list, args) -> dict:
-    """One config's row: memory per image, projected per GPU, s/iter and inference s/img."""
+def bench(config: Path, opts: list, args) -> list[dict]:
+    """One config's rows (memory per image, projected per GPU, s/iter, inference s/img): plain, then
+    for a NASNet with ``--checkpointing`` the same with per-cell activation checkpointing."""
     label = config.stem + (f"@{opts[1]}" if opts else "")
     opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *opts, *args.opts]
     cfg = setup_cfg_plain(str(config), opts)
@@ -211,28 +196,46 @@ def bench(config: Path, opts: list, args) -> dict:
     model = calibrated_model(config, opts, batch)
     per_gpu_imgs = cfg.SOLVER.IMS_PER_BATCH / args.gpus
     params, trainable = state_bytes(model)
-    row = {"config": label, "size": size, "rois": rois,
-           "imgs_per_gpu": per_gpu_imgs, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
-    if args.device == "cuda":
-        row.update(measure_cuda(model, synthetic_batch(max(1, int(per_gpu_imgs)), size, 80), args))
-        return row
-    m = measure_cpu(model, batch, tuple(args.head_rois))
-    act = m["base_bytes"] + m["head0_bytes"] + rois * m["roi_bytes"]
-    row.update(act_gib=act / GIB, base_gib=m["base_bytes"] / GIB, roi_mib=m["roi_bytes"] / MIB,
-               state_gib=(params + 2 * trainable) / GIB, proposals=m["proposals"])
-    row["gpu_gib"] = per_gpu_imgs * row["act_gib"] + row["state_gib"]
-    row["fwd_s"] = m["base_s"] + m["head0_s"] + (rois - m["k1"]) * m["roi_s"]
-    if row["act_gib"] < args.max_train_gib:
-        row["train_s"] = train_iteration(model, batch, args.iters)
-    topk = cfg.MODEL.RPN.POST_NMS_TOPK_TEST
-    if row["params_M"] < args.max_infer_params:
+    info = {"size": size, "rois": rois, "imgs_per_gpu": per_gpu_imgs,
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+    modes = [False, True] if set_checkpointing(model, False) and args.checkpointing else [False]
+    rows = []
+    for ck in modes:
+        set_checkpointing(model, ck)
+        row = {"config": label + ("+ckpt" if ck else ""), "checkpointing": ck, **info}
+        if args.device == "cuda":
+            row.update(measure_cuda(model, synthetic_batch(max(1, int(per_gpu_imgs)), size, 80), args))
+        else:
+            m = measure_cpu(model, batch, tuple(args.head_rois), rois)
+            # checkpointed: the cells' inputs are saved, plus one cell's activations recomputed in backward
+            recompute = rows[0]["cell_gib"] * GIB if ck else 0.0
+            act = m["base_bytes"] + m["head0_bytes"] + rois * m["roi_bytes"] + recompute
+            row.update(act_gib=act / GIB, base_gib=m["base_bytes"] / GIB, roi_mib=m["roi_bytes"] / MIB,
+                       state_gib=(params + 2 * trainable) / GIB, proposals=m["proposals"],
+                       cell_gib=m["cell_bytes"] / GIB, recompute_gib=recompute / GIB)
+            row["gpu_gib"] = per_gpu_imgs * row["act_gib"] + row["state_gib"]
+            row["fwd_s"] = m["base_s"] + m["head0_s"] + (rois - m["k1"]) * m["roi_s"]
+            if row["act_gib"] < args.max_train_gib and not args.no_train:
+                row["train_s"] = train_iteration(model, batch, args.iters)
+        rows.append(row)
+    set_checkpointing(model, False)
+    if args.device != "cuda" and not args.no_infer:
+        rows[0].update(infer_cpu(model, batch, cfg.MODEL.RPN.POST_NMS_TOPK_TEST, info["params_M"], args))
+    if len(rows) == 2:  # eval never checkpoints: the same inference
+        rows[1].update({k: v for k, v in rows[0].items() if k.startswith("infer")})
+        if "train_s" in rows[0] and "train_s" in rows[1]:
+            rows[1]["train_ratio"] = rows[1]["train_s"] / rows[0]["train_s"]
+    return rows
+
+
+def infer_cpu(model, batch: list[dict], topk: int, params_m: float, args) -> dict:
+    """Inference seconds per image: measured under --max-infer-params, else scaled per ROI."""
+    if params_m < args.max_infer_params:
         inference(model, batch)  # warm-up
-        row["infer_s"], row["infer_kind"] = inference(model, batch), "measured"
-    else:
-        k1, k2 = args.head_rois
-        t1, t2 = inference(model, batch, k1), inference(model, batch, k2)
-        row["infer_s"], row["infer_kind"] = t1 + (topk - k1) * max(t2 - t1, 0.0) / (k2 - k1), "scaled"
-    return row
+        return {"infer_s": inference(model, batch), "infer_kind": "measured"}
+    k1, k2 = args.head_rois
+    t1, t2 = inference(model, batch, k1), inference(model, batch, k2)
+    return {"infer_s": t1 + (topk - k1) * max(t2 - t1, 0.0) / (k2 - k1), "infer_kind": "scaled"}
 
 
 def measure_cuda(model, batch: list[dict], args) -> dict:
@@ -247,16 +250,20 @@ def measure_cuda(model, batch: list[dict], args) -> dict:
 
 def table(rows: list[dict], limit: float) -> str:
     """Markdown table of the rows."""
-    head = ("| config | input | ROIs/img | imgs/GPU | saved act./img GiB (backbone+RPN; head MiB/ROI) "
-            "| params+grads+momentum GiB | projected GiB/GPU | fits | train s/iter (1 img) | infer s/img |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| config | input | ROIs/img | imgs/GPU | saved act./img GiB (backbone+RPN; head MiB/ROI"
+            "[; recomputed]) "
+            "| params+grads+momentum GiB | projected GiB/GPU | fits | train s/iter (1 img) "
+            "| train time ckpt / plain | infer s/img |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         train = f"{r['train_s']:.1f}" if "train_s" in r else f"fwd only {r.get('fwd_s', 0):.1f}"
-        detail = f"{r['act_gib']:.2f} ({r.get('base_gib', 0):.2f}; {r.get('roi_mib', 0):.1f})"
+        detail = f"{r['act_gib']:.2f} ({r.get('base_gib', 0):.2f}; {r.get('roi_mib', 0):.1f}"
+        detail += f"; + {r['recompute_gib']:.2f} one cell recomputed)" if r.get("recompute_gib") else ")"
+        infer = f"{r['infer_s']:.2f} ({r['infer_kind']})" if "infer_s" in r else "not run"
+        ratio = f"{r['train_ratio']:.2f}" if "train_ratio" in r else ""
         lines.append(f"| {r['config']} | {r['size']} | {r['rois']} | {r['imgs_per_gpu']:g} | {detail} | "
                      f"{r.get('state_gib', 0):.2f} | {r['gpu_gib']:.1f} | "
-                     f"{'yes' if r['gpu_gib'] <= limit else 'NO'} | {train} | "
-                     f"{r['infer_s']:.2f} ({r['infer_kind']}) |")
+                     f"{'yes' if r['gpu_gib'] <= limit else 'NO'} | {train} | {ratio} | {infer} |")
     return "\n".join(lines)
 
 
@@ -288,6 +295,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-infer-params", type=float, default=60.0, help="CPU: measured inference below (M)")
     p.add_argument("--iters", type=int, default=2, help="training iterations (the last is timed)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                   help="skip the NASNet rows with MODEL.NASNET.GRAD_CHECKPOINTING on")
+    p.add_argument("--no-train", action="store_true", help="CPU: no real training iteration (memory only)")
+    p.add_argument("--no-infer", action="store_true", help="CPU: no inference timing")
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--opts", nargs="*", default=[], help="config overrides for every model (KEY VALUE ...)")
     args = p.parse_args(argv)
@@ -297,12 +308,13 @@ def main(argv=None) -> int:
             raise FileNotFoundError(f"no config {c}")
     rows = []
     for config, opts in jobs(args):
-        rows.append(bench(config, opts, args))
-        print(json.dumps(rows[-1]), flush=True)
+        for row in bench(config, opts, args):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     print(table(rows, args.limit_gib))
     mobile = next((r for r in rows if "mobile_600" in r["config"]), None)
     r50 = next((r for r in rows if "R_50" in r["config"] and r["size"] == 600), None)
-    if mobile and r50:
+    if mobile and r50 and "infer_s" in mobile and "infer_s" in r50:
         print(f"inference, NASNet-A mobile 600 / R50-C4 600: {mobile['infer_s'] / r50['infer_s']:.2f} "
               f"({mobile['infer_s']:.2f} s / {r50['infer_s']:.2f} s per image)")
     if args.json:

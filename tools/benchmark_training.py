@@ -2,8 +2,11 @@
 """Training throughput (images/s) of the ImageNet recipes on synthetic data.
 
 Times the whole training step of a recipe -- forward with the aux head, label-smoothed loss,
-backward, TF RMSProp, parameter EMA -- in fp32 / NCHW and in bf16 autocast / channels_last
-(and the two mixed), all in the same run, and prints the speed-up over fp32.
+backward, TF RMSProp, parameter EMA -- in fp32 / NCHW, in bf16 autocast / channels_last (and the
+two mixed) and with per-cell activation checkpointing (+ckpt, model.grad_checkpointing), all in
+the same run, and prints the speed-up over fp32 and the memory of each mode: the CUDA peak
+allocated on a GPU; on a CPU the bytes autograd saves for backward in one forward (distinct
+storages, parameters not counted), plus for +ckpt the largest cell's, recomputed in backward.
 
     python tools/benchmark_training.py                       # GPU: large and mobile, batch 32
     python tools/benchmark_training.py --device cpu --batch-size 2 --iters 1 --warmup 1 \
@@ -22,6 +25,8 @@ import torch
 import nasnet_core as nc
 from nasnet_core.common.cli import positive_int, tool_main
 from nasnet_core.common.config import load_config
+from nasnet_core.model.cell import Cell, MultiInputCell
+from nasnet_core.model.complexity import SavedBytes
 from nasnet_core.train.data import DatasetInfo
 from nasnet_core.train.optim import ModelEMA, build_optimizer, smoothed_cross_entropy
 from nasnet_core.train.trainer import model_overrides
@@ -33,11 +38,13 @@ RECIPES = {
     "7_1920": CONFIGS / "imagenet_nasnet_a_7_1920.yaml",
     "5_1536": CONFIGS / "imagenet_nasnet_a_5_1536.yaml",
 }
-MODES = {  # name: (bf16 autocast, channels_last)
-    "fp32": (False, False),
-    "fp32+cl": (False, True),
-    "bf16": (True, False),
-    "bf16+cl": (True, True),
+MODES = {  # name: (bf16 autocast, channels_last, activation checkpointing)
+    "fp32": (False, False, False),
+    "fp32+cl": (False, True, False),
+    "bf16": (True, False, False),
+    "bf16+cl": (True, True, False),
+    "fp32+ckpt": (False, False, True),
+    "bf16+ckpt": (True, False, True),
 }
 
 
@@ -53,8 +60,24 @@ def build(recipe: str, args) -> tuple[torch.nn.Module, dict, int]:
     return model, cfg["solver"], size
 
 
-def throughput(recipe: str, args, bf16: bool, channels_last: bool) -> float:
-    """Images/s of full training steps for ``recipe`` in one precision / memory-format mode."""
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor, bf16: bool, ckpt: bool) -> int:
+    """Bytes autograd saves in one training forward (checkpointed: plus the largest cell's)."""
+    cells = {n: m for n, m in model.named_modules() if isinstance(m, (Cell, MultiInputCell))}
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        model.set_grad_checkpointing(False)
+        with SavedBytes(model).watch(cells) as plain:
+            model(x)
+        if not ckpt:
+            return plain.bytes
+        model.set_grad_checkpointing(True)
+        with SavedBytes(model) as sb:
+            model(x)
+    return sb.bytes + max(plain.per_module.values())
+
+
+def throughput(recipe: str, args, bf16: bool, channels_last: bool, ckpt: bool = False) -> tuple[float, int]:
+    """Images/s of full training steps for ``recipe`` in one precision / memory-format /
+    checkpointing mode, and its memory in bytes (CUDA peak, or saved activations on a CPU)."""
     torch.manual_seed(0)
     model, solver, size = build(recipe, args)
     dev = torch.device(args.device)
@@ -65,6 +88,10 @@ def throughput(recipe: str, args, bf16: bool, channels_last: bool) -> float:
     ema = ModelEMA(model, solver["ema_decay"]) if solver["ema_decay"] > 0 else None
     x = torch.randn(args.batch_size, 3, size, size, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (args.batch_size,), device=dev)
+    memory = saved_bytes(model, x, bf16, ckpt) if dev.type == "cpu" else 0
+    model.set_grad_checkpointing(ckpt)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
     def step(i):
         model.set_training_step(i)
@@ -89,7 +116,8 @@ def throughput(recipe: str, args, bf16: bool, channels_last: bool) -> float:
     for i in range(args.iters):
         step(args.warmup + i)
     sync()
-    return args.batch_size * args.iters / (time.perf_counter() - t)
+    ips = args.batch_size * args.iters / (time.perf_counter() - t)
+    return ips, torch.cuda.max_memory_allocated() if dev.type == "cuda" else memory
 
 
 @tool_main
@@ -118,10 +146,12 @@ def main(argv=None) -> int:
     for recipe in args.recipes:
         base = None
         for mode in args.modes:
-            ips = throughput(recipe, args, *MODES[mode])
+            ips, memory = throughput(recipe, args, *MODES[mode])
             base = ips if mode == "fp32" else base
             ratio = f" ({ips / base:.2f}x fp32)" if base and mode != "fp32" else ""
-            print(f"{recipe:>7} {mode:>8}: {ips:9.1f} img/s{ratio}", flush=True)
+            kind = "CUDA peak" if args.device == "cuda" else "saved act."
+            print(f"{recipe:>7} {mode:>9}: {ips:9.1f} img/s{ratio}, {kind} {memory / 2**20:.0f} MiB",
+                  flush=True)
             if args.device == "cuda":
                 torch.cuda.empty_cache()
     return 0

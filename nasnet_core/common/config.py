@@ -157,6 +157,8 @@ CLASSIFICATION_KEYS = [
     ("model.dropout", None, float, "dropout before the classifier (null: the arch's)"),
     ("model.norm", "BN", str, "BN | SyncBN | FrozenBN | GN"),
     ("model.pad_mode", "tf", str, "tf | timm (stride-2 padding semantics)"),
+    ("model.grad_checkpointing", False, bool, "recompute each cell's activations in backward (less memory, "
+                                             "more compute; same drop masks, BN statistics once)"),
     ("data.dataset", "cifar10", str, "cifar10 | imagenet | fashion_mnist"),
     ("data.path", "", str, "dataset root (CIFAR python batches, ImageNet train/ val/ folders, "
                            "Fashion-MNIST IDX files); --data overrides it"),
@@ -208,7 +210,7 @@ CLASSIFICATION_KEYS = [
     ("train.seed", 0, int, "seed of sampling order, augmentation, init, dropout and drop-path"),
     ("train.deterministic", False, bool, "deterministic kernels (torch.use_deterministic_algorithms)"),
     ("train.device", "auto", str, "auto | cpu | cuda"),
-    ("train.amp", "auto", str, "bf16 autocast: auto (on for CUDA) | on | off"),
+    ("train.amp", "auto", str, "bf16 autocast: auto (on for CUDA with bf16) | on (CPU too) | off"),
     ("train.channels_last", "auto", str, "channels_last memory format: auto (on for CUDA) | on | off"),
     ("train.eval_every", 1, int, "evaluate every this many epochs (and always at the end)"),
     ("train.keep_every", 0, int, "also keep epoch_XXXX.pth every this many epochs (0 = only last.pth)"),

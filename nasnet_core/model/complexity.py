@@ -1,11 +1,14 @@
-"""Parameter and mult-add counting (multiply-accumulates of conv and linear layers)."""
+"""Parameter and mult-add counting (multiply-accumulates of conv and linear layers), and the bytes
+autograd saves for backward (``SavedBytes``)."""
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import nn
 
-__all__ = ["complexity"]
+__all__ = ["SavedBytes", "complexity"]
 
 
 def complexity(model: nn.Module, image_size: int | tuple[int, int] | None = None,
@@ -49,3 +52,51 @@ def complexity(model: nn.Module, image_size: int | tuple[int, int] | None = None
             hd.remove()
         model.train(was_training)
     return {"params": sum(p.numel() for p in model.parameters()), **totals}
+
+
+class SavedBytes:
+    """Saved-tensor hooks totalling the distinct storages autograd saves for backward (views and
+    shared storages once; ``model``'s parameters and buffers not); nothing is kept, so a pass of a
+    model far larger than memory measures cheaply. ``watch(modules)`` also records the bytes saved
+    inside each named module (``per_module``: name -> bytes of its last call)."""
+
+    def __init__(self, model: nn.Module, seen: dict | None = None):
+        self.skip = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+        self.seen = {} if seen is None else seen  # data_ptr -> (nbytes, [weakrefs to tensors])
+        self.bytes = 0
+        self.per_module: dict[str, int] = {}
+        self._handles = []
+
+    def pack(self, t: torch.Tensor):
+        """Count ``t``'s storage unless a live tensor already brought it in; return a placeholder."""
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr in self.skip or t.device.type == "meta":
+            return None
+        entry = self.seen.get(ptr)
+        if entry is not None and any(r() is not None for r in entry[1]):
+            entry[1].append(weakref.ref(t))  # same live storage (a view or the same tensor)
+            return None
+        # new storage, or the address of one that died here (training would have kept it)
+        self.seen[ptr] = (st.nbytes(), [weakref.ref(t)])
+        self.bytes += st.nbytes()
+        return None
+
+    def watch(self, modules: dict[str, nn.Module]) -> SavedBytes:
+        """Record the bytes saved during each call of these modules into ``per_module``."""
+        for name, m in modules.items():
+            start = {}
+            self._handles.append(m.register_forward_pre_hook(lambda *_, s=start: s.update(b=self.bytes)))
+            self._handles.append(m.register_forward_hook(
+                lambda *_, s=start, n=name: self.per_module.__setitem__(n, self.bytes - s["b"])))
+        return self
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda _: None)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        return self._ctx.__exit__(*exc)

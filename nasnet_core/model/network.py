@@ -12,6 +12,7 @@ from .genotype import Genotype
 from .layers import SameConv2d, SamePool2d
 from .ops import ConvNorm, FoldPair, OpContext
 from .plan import CellSpec, NetworkPlan, StemSpec, make_plan, reduction_layers
+from .recompute import checkpoint_cell, should_checkpoint
 
 __all__ = ["NASNet", "AuxHead", "CellSpec", "NetworkPlan", "reduction_layers", "stem_conv"]
 
@@ -69,6 +70,7 @@ class NASNet(nn.Module):
 
     global_pool = "avg"  # '' after reset_classifier(0, ''): forward returns the final map
     final_act = True  # the ReLU closing forward_features; prune_intermediate_layers(prune_norm=True) drops it
+    grad_checkpointing = False  # recompute each cell's activations in backward (set_grad_checkpointing)
 
     def __init__(
         self,
@@ -157,14 +159,21 @@ class NASNet(nn.Module):
             out.append(1.0 - ratio * (1.0 - keep_c))
         return out
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per cell in training (timm's API): each cell keeps only its inputs
+        and recomputes its activations in backward; same drop masks, BN statistics updated once."""
+        self.grad_checkpointing = bool(enable)
+
     # ------------------------------------------------------------ forward
     def forward_cells(self, outputs: list[torch.Tensor], start: int = 0,
                       end: int | None = None, taps: dict | None = None) -> list[torch.Tensor]:
         """Run cells ``cell_specs[start:end]``, appending to ``outputs`` (the earlier outputs,
         newest last) and recording any tapped names in ``taps``; returns ``outputs``."""
+        ckpt = should_checkpoint(self, self.grad_checkpointing)
         for spec in self.cell_specs[start:end]:
             prev = outputs[-spec.prev_offset] if spec.prev_offset else None
-            outputs.append(getattr(self, spec.name)(outputs[-1], prev))
+            cell = getattr(self, spec.name)
+            outputs.append(checkpoint_cell(cell, outputs[-1], prev) if ckpt else cell(outputs[-1], prev))
             if taps is not None and spec.name in taps:
                 taps[spec.name] = outputs[-1]
         return outputs

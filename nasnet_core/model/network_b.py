@@ -26,12 +26,15 @@ from .genotype import Genotype
 from .network import AuxHead, stem_conv
 from .ops import OpContext
 from .plan import cell_layout, reduction_layers, spatial_after, stem_spec_for
+from .recompute import checkpoint_cell, should_checkpoint
 
 __all__ = ["NASNetB"]
 
 
 class NASNetB(nn.Module):
     """A network of four-input cells; ``create_model`` builds it for any four-input genotype."""
+
+    grad_checkpointing = False  # recompute each cell's activations in backward (set_grad_checkpointing)
 
     def __init__(self, genotype: Genotype, num_cells: int = 12, num_conv_filters: int = 24,
                  stem: str = "cifar", stem_multiplier: float = 3.0, num_classes: int = 10, in_chans: int = 3,
@@ -94,6 +97,10 @@ class NASNetB(nn.Module):
         ratio = min(1.0, step / self.total_training_steps) if self.total_training_steps else 1.0
         return [1.0 - ratio * (i + 1) / total * (1.0 - p) for i in range(total)]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per cell in training, as ``NASNet.set_grad_checkpointing``."""
+        self.grad_checkpointing = bool(enable)
+
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """ReLU -> global average pool -> dropout -> FC."""
         x = F.adaptive_avg_pool2d(F.relu(x), 1).flatten(1)
@@ -104,9 +111,14 @@ class NASNetB(nn.Module):
         n = self.num_inputs
         layers = [[self.conv0(x)] * n]
         aux = None
+        ckpt = should_checkpoint(self, self.grad_checkpointing)
         for name in self.cell_names:
             inputs = [layers[max(len(layers) - k, 0)][k - 1] for k in range(1, n + 1)]
-            layers.append(getattr(self, name)(inputs))
+            cell = getattr(self, name)
+            if ckpt:  # checkpoint saves tensor arguments: pass the inputs one by one
+                layers.append(checkpoint_cell(cell, *inputs, call=lambda *xs, c=cell: c(list(xs))))
+            else:
+                layers.append(cell(inputs))
             if name == self.aux_after:
                 aux = layers[-1]
             del layers[:-n]  # only the last n layers are read again
@@ -114,3 +126,4 @@ class NASNetB(nn.Module):
         if self.aux_head is not None and self.training:
             return logits, self.aux_head(torch.cat(aux, 1))
         return logits
+

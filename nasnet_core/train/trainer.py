@@ -29,7 +29,7 @@ __all__ = ["Trainer", "TrainingDiverged", "config_changes", "model_overrides", "
 
 # Keys that may differ between a run and its resumption without changing the result.
 _RESUME_FREE = {"data.path", "data.workers", "data.pin_memory", "train.output_dir", "train.threads",
-                "train.device", "train.log_every", "train.keep_every"}
+                "train.device", "train.log_every", "train.keep_every", "model.grad_checkpointing"}
 
 
 def config_changes(old: dict, new: dict) -> str:
@@ -82,7 +82,7 @@ class Trainer:
         else:
             torch.backends.cudnn.benchmark = self.device.type == "cuda"
         cuda = self.device.type == "cuda"
-        self.amp = toggle(t["amp"], cuda, "train.amp")
+        self.amp = toggle(t["amp"], cuda and torch.cuda.is_bf16_supported(), "train.amp")
         self.channels_last = toggle(t["channels_last"], cuda, "train.channels_last")
         self.out = Path(t["output_dir"])
 
@@ -102,6 +102,7 @@ class Trainer:
         self.arch = cfg["model"]["arch"]
         self.overrides = model_overrides(cfg, self.info, self.total_steps)
         self.model = registry.create_model(self.arch, **self.overrides).to(self.device)
+        self.model.set_grad_checkpointing(cfg["model"]["grad_checkpointing"])
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, s)
