@@ -68,7 +68,13 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Seed 0 for every test, and torch's thread count restored after it: a tool run in-process
+    (train_net's CPU_THREADS 1) must not change the float summation order of later tests (the TF
+    parity test's detections include NMS decisions that can sit within float noise of a threshold)."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def load_tool(name: str):
