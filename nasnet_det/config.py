@@ -50,7 +50,6 @@ def add_nasnet_config(cfg) -> None:
     # the cells); the same drop-path masks, BN statistics updated once. Large 1200 at 2 images per
     # GPU projects 6.4 GiB with it, 20.0 without (docs/detection.md).
     n.GRAD_CHECKPOINTING = False
-
     # Resize every image to a fixed SIZE x SIZE square (the paper's 600/800/1200 inputs,
     # aspect ratio not kept); 0 uses INPUT.MIN_SIZE_*/MAX_SIZE_* as usual.
     cfg.INPUT.FIXED_SIZE = 0
