@@ -40,7 +40,7 @@ from nasnet_core.model.registry import get_config
 from .tf_ops import tf_anchor_order
 from .tf_postprocess import COCO_CATEGORY_IDS
 
-__all__ = ["TF_BOX_CODE", "PARTS", "coco_label_ids", "anchor_order", "tf_od_plan", "convert_tf_od",
+__all__ = ["TF_BOX_CODE", "PARTS", "anchor_order", "tf_od_plan", "convert_tf_od",
            "tf_od_names", "detector_shapes", "predictor_label_ids", "check_tf_exact",
            "convert_tf_od_checkpoint"]
 
@@ -53,11 +53,6 @@ RPN = "proposal_generator.rpn_head."
 BOX = "roi_heads.box_predictor."
 
 Convert = Callable[..., np.ndarray]
-
-
-def coco_label_ids() -> list[int]:
-    """The TF label-map id (= COCO category id) of each of Detectron2's 80 contiguous COCO classes."""
-    return list(COCO_CATEGORY_IDS)
 
 
 def anchor_order(sizes: Sequence[float], ratios: Sequence[float]) -> list[int]:
@@ -205,7 +200,7 @@ def predictor_label_ids(cfg, tf_vars: dict[str, np.ndarray],
     if classes == tf_classes:
         return list(range(1, classes + 1))
     if (classes, tf_classes) == (len(COCO_CATEGORY_IDS), 90):
-        return coco_label_ids()
+        return list(COCO_CATEGORY_IDS)  # TF label-map id = COCO category id
     raise ValueError(f"the checkpoint has {tf_classes} classes, the detector {classes} "
                      "(MODEL.ROI_HEADS.NUM_CLASSES): give the TF label-map id of each detector class "
                      "(--label-ids 1,2,...)")

@@ -15,19 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.structures import Boxes, Instances
 
 from .tf_ops import clip_boxes, decode_boxes, f32, nms, positive_area
 
 __all__ = ["select_proposals", "multiclass_nms", "TFSecondStage", "LABEL_MAPS", "COCO_CATEGORY_IDS"]
 
-COCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
-    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
-    56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
-    85, 86, 87, 88, 89, 90)
-"""The 80 category ids COCO's instances json uses (of 1..90); Detectron2's contiguous class i is
-the i-th. TF's COCO label map (mscoco_label_map.pbtxt) is ids 1..90 with these 80 named."""
+COCO_CATEGORY_IDS = tuple(c["id"] for c in COCO_CATEGORIES if c["isthing"])
+"""The 80 category ids COCO's instances json uses (of 1..90), from Detectron2's own COCO metadata;
+Detectron2's contiguous class i is the i-th. TF's COCO label map (mscoco_label_map.pbtxt) is ids
+1..90 with these 80 named."""
 
 
 def _coco90() -> torch.Tensor:
