@@ -10,6 +10,8 @@
         solver.epochs 2                                # again after a kill: continues where it was
     tools/search.py report runs/ppo --plot-retrained docs/retrained.png
     tools/search.py compare --seeds 5 --budget 2000   # strategies on the synthetic landscapes
+    tools/search.py rescore runs/random12 --config configs/search/fashion_mnist_supernet.yaml \
+        --output rank.json --plot rank.png            # the run's children under another reward, Kendall tau
 """
 
 from __future__ import annotations
@@ -101,6 +103,22 @@ def cmd_compare(args) -> None:
         atomic_write_text(args.output, table + "\n")
 
 
+def cmd_rescore(args) -> None:
+    """Score a run's finished children with a config's reward; rank agreement with the run's rewards."""
+    from nasnet_core.common.fileio import atomic_write_text
+    from nasnet_core.search.rescore import plot_rescore, rescore_run, rescore_table
+
+    for path in (args.output, args.plot):
+        refuse_existing(path, args.force)
+    cfg = load_config(args.config, list(args.overrides), schema=SEARCH)
+    result = rescore_run(args.run_dir, cfg["reward"], cfg["space"], progress=not args.quiet)
+    print(rescore_table(result))
+    if args.output:
+        atomic_write_text(args.output, json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        print(f"\nplot: {plot_rescore(result, args.plot)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strategies", nargs="+", default=["evolution", "ppo", "reinforce", "random"])
     c.add_argument("--output", help="also write the markdown table here")
     c.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    rs = sub.add_parser("rescore", help="score a run's children with another reward (Kendall tau)")
+    rs.add_argument("run_dir")
+    rs.add_argument("--config", required=True, help="search YAML whose reward (and space) scores them")
+    rs.add_argument("--output", help="JSON file for the scores and correlations")
+    rs.add_argument("--plot", help="PNG path: new score vs the run's reward")
+    rs.add_argument("--force", action="store_true", help="overwrite existing --output / --plot files")
+    rs.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
+    rs.add_argument("overrides", nargs="*", metavar="KEY VALUE", help="config overrides in pairs")
     return p
 
 
@@ -154,7 +180,7 @@ def main(argv=None) -> int:
     """Entry point: exit code 2 and one error line for a bad config, run directory or file."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("run", "retrain"):  # KEY VALUE pairs after options too (argparse leaves them over)
+    if args.command in ("run", "retrain", "rescore"):  # KEY VALUE pairs after options too
         unknown = [a for a in extra if a.startswith("--")]
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -166,7 +192,7 @@ def main(argv=None) -> int:
         args.run_dir, args.num_children = args.resume, None
         args.command = "resume"
     commands = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "export": cmd_export,
-                "retrain": cmd_retrain, "compare": cmd_compare}
+                "retrain": cmd_retrain, "compare": cmd_compare, "rescore": cmd_rescore}
     if args.command not in commands:
         parser.print_help()
         return 2
