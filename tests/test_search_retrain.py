@@ -203,5 +203,7 @@ def test_report_table_and_plot(tmp_path, capsys):
     assert "exists; pass --force" in capsys.readouterr().err
     assert search_tool.main(["report", str(tmp_path / "run"), "--plot-retrained", str(png), "--force"]) == 0
     assert "| 1 | 3 | 0.9500 | 80.00 |" in capsys.readouterr().out
+    two = plot_retrained([run, dict(run, label="again")], tmp_path / "fig5_two.png")  # a colour per run
+    assert two.stat().st_size > png.stat().st_size * 0.8
     with pytest.raises(StoreError):
         load_run(tmp_path / "nothing")

@@ -180,33 +180,40 @@ def retrained_table(run: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_retrained(run: dict, out: str | Path, title: str | None = None) -> Path:
-    """Paper Fig. 5 style: retrained top-1 vs mult-adds, one labelled point per child; and vs reward."""
+def plot_retrained(runs: dict | list[dict], out: str | Path, title: str | None = None) -> Path:
+    """Paper Fig. 5 style: retrained top-1 vs mult-adds, one labelled point per child (one colour per
+    run when several are given, e.g. searches with different rewards); and vs each run's reward."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [e for e in retrained_rows(run) if e["status"] == "done"]
-    if not done:
-        raise ValueError(f"{run['run_dir']} has no retrained child to plot (run tools/search.py retrain)")
+    runs = [runs] if isinstance(runs, dict) else list(runs)
+    per_run = [[e for e in retrained_rows(run) if e["status"] == "done"] for run in runs]
+    for run, done in zip(runs, per_run):
+        if not done:
+            raise ValueError(f"{run['run_dir']} has no retrained child to plot (run tools/search.py retrain)")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, key, scale, xlabel in ((left, "mult_adds", 1e-6, "mult-adds (millions)"),
                                    (right, "reward", 1.0, "search reward (held-out accuracy)")):
-        xs, ys = [e[key] * scale for e in done], [e["top1"] for e in done]
-        ax.scatter(xs, ys, s=30, color="C0", zorder=3)
-        for e, x, y in zip(done, xs, ys):
-            ax.annotate(f"#{e['rank']} (child {e['child']})", (x, y), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
+        for i, (run, done) in enumerate(zip(runs, per_run)):
+            xs, ys = [e[key] * scale for e in done], [e["top1"] for e in done]
+            ax.scatter(xs, ys, s=30, color=f"C{i}", zorder=3, label=run["label"] if len(runs) > 1 else None)
+            for e, x, y in zip(done, xs, ys):
+                ax.annotate(f"#{e['rank']} (child {e['child']})", (x, y), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=f"C{i}")
         ax.margins(x=0.15, y=0.15)  # room for the labels
         ax.set_xlabel(xlabel)
         ax.set_ylabel("retrained top-1 accuracy (%)")
         ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        left.legend(fontsize=7)
     left.set_title("accuracy vs mult-adds (paper Fig. 5 style)", fontsize=9)
-    rho = spearman([e["reward"] for e in done], [e["top1"] for e in done])
-    right.set_title("retrained vs search reward" + ("" if rho is None else f" (Spearman {rho:.2f})"),
-                    fontsize=9)
-    fig.suptitle(title or f"retrained top {len(done)} of {run['label']}", fontsize=10)
+    rhos = [spearman([e["reward"] for e in done], [e["top1"] for e in done]) for done in per_run]
+    rho_text = ", ".join("-" if r is None else f"{r:.2f}" for r in rhos)
+    right.set_title(f"retrained vs search reward (Spearman {rho_text})", fontsize=9)
+    label = runs[0]["label"] if len(runs) == 1 else f"{len(runs)} runs"
+    fig.suptitle(title or f"retrained top {max(len(d) for d in per_run)} of {label}", fontsize=10)
     fig.tight_layout()
     try:
         return atomic_write(out, lambda f: fig.savefig(f, dpi=120, format=Path(out).suffix[1:] or "png"))
