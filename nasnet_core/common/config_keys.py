@@ -104,7 +104,8 @@ SEARCH_KEYS = [
     ("executor.max_retries", 3, int, "Ray re-runs of a child whose worker process died"),
     ("executor.child_timeout", None, float, "seconds a child may run; past it the child is stopped and "
                                             "recorded timeout (null: no limit)"),
-    ("reward.name", "child", str, "child (train a child network) | synthetic (tests, demos)"),
+    ("reward.name", "child", str, "child (train a child network) | supernet (score its path in a trained "
+                                  "weight-sharing supernet) | synthetic (tests, demos)"),
     ("reward.child.dataset", "fashion_mnist", str, "fashion_mnist (IDX files, .gz or not) | cifar10 "
                                            "(python pickles)"),
     ("reward.child.data_dir", "/usr/share/datasets/fashion-mnist", str, "folder holding the dataset's files"),
@@ -140,6 +141,19 @@ SEARCH_KEYS = [
                                                "constraint: -0.07)"),
     ("reward.child.workers", 0, int, "data-loader worker processes per child (0 = crop/flip in the "
                                      "training process)"),
+    ("reward.supernet.checkpoint", None, str, "supernet.pth of a finished tools/search.py supernet run "
+                                              "(its space must be this search's)"),
+    ("reward.supernet.calib_batches", 8, int, "training batches (fixed) that recalibrate the path's BN "
+                                              "statistics before it is scored"),
+    ("reward.supernet.calib_batch_size", 0, int, "images per calibration batch (0: the supernet's training "
+                                                 "batch size)"),
+    ("reward.supernet.val_subset", 0, int, "score on the first this many held-out images (0: the held-out "
+                                           "set the supernet was trained beside)"),
+    ("reward.supernet.dataset", None, str, "dataset (null: the supernet checkpoint's)"),
+    ("reward.supernet.data_dir", None, str, "folder holding the dataset's files (null: the checkpoint's)"),
+    ("reward.supernet.num_threads", 0, int, "torch CPU threads per worker (0 = torch's default)"),
+    ("reward.supernet.device", "auto", str, "auto (cuda when visible) | cpu | cuda"),
+    ("reward.supernet.eval_batch_size", 500, int, "batch size for held-out accuracy"),
     ("reward.synthetic.kind", "match", str, "match (fraction of decisions equal to a hidden optimum) | "
                                             "pairwise (chain of decision pairs; search/landscapes.py)"),
     ("reward.synthetic.target_seed", 0, int, "seed drawing the landscape (its optimum scores 1.0)"),
@@ -149,4 +163,10 @@ SEARCH_KEYS = [
                                           "for tests; hang sleeps 600 s)"),
     ("reward.synthetic.fault_dir", None, str, "folder for die_once markers (a worker dies on the first "
                                               "attempt)"),
+    ("supernet.steps", 2000, int, "tools/search.py supernet: SGD steps, one uniformly sampled path each "
+                                  "(cosine LR over them); data, sizes, recipe from reward.child"),
+    ("supernet.seed", 0, int, "seed of the supernet's init, batch order, augmentation and path sampling"),
+    ("supernet.lr", None, float, "peak LR of the cosine schedule (null: reward.child.lr)"),
+    ("supernet.checkpoint_every", 100, int, "write OUT/supernet.pth every this many steps (and at the end)"),
+    ("supernet.log_every", 10, int, "TensorBoard loss / lr every this many steps"),
 ]
