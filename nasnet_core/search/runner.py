@@ -107,6 +107,9 @@ def _check_supernet_reward(cfg: dict) -> None:
         if not Path(sn["checkpoint"]).is_file():
             raise FileNotFoundError(f"supernet checkpoint not found: {sn['checkpoint']} "
                                     "(reward.supernet.checkpoint)")
+        from .supernet_train import check_reward_checkpoint
+
+        check_reward_checkpoint(sn["checkpoint"], build_space(cfg["space"]).to_dict())
         if sn["data_dir"] is not None and not Path(sn["data_dir"]).is_dir():
             raise FileNotFoundError(f"dataset folder not found: {sn['data_dir']} (reward.supernet.data_dir)")
 

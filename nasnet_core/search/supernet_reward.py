@@ -19,7 +19,7 @@ from ..train.checks import resolve_device
 from ..train.data import ArrayDataset
 from .child import load_child_data
 from .supernet import Supernet, child_model, path_modules
-from .supernet_train import load_supernet
+from .supernet_train import check_reward_checkpoint, load_supernet
 
 __all__ = ["recalibrate_bn", "path_accuracy", "calibration_batches", "SupernetReward"]
 
@@ -90,14 +90,9 @@ class SupernetReward:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.dev = resolve_device(device, key="reward.supernet.device")
+        check_reward_checkpoint(checkpoint, space.to_dict())
         self.net, ck = load_supernet(checkpoint)
         spec = ck["spec"]
-        if ck["step"] < spec["steps"]:
-            raise ValueError(f"supernet checkpoint {checkpoint} is at step {ck['step']} of {spec['steps']}; "
-                             "finish it first (tools/search.py supernet --resume)")
-        if space.to_dict() != spec["space"]:
-            raise ValueError(f"supernet checkpoint {checkpoint} covers the space {spec['space']}, "
-                             f"this search's is {space.to_dict()}")
         self.space, self.sizes, self.eval_batch_size = space, spec["sizes"], eval_batch_size
         d = dict(spec["data"])
         d.update({k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v is not None})

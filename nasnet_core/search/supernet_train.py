@@ -31,8 +31,8 @@ from .child import load_child_data
 from .space import make_space
 from .supernet import Supernet, path_modules
 
-__all__ = ["CHECKPOINT", "KIND", "train_supernet", "supernet_spec", "build_supernet", "load_supernet",
-           "sample_decisions"]
+__all__ = ["CHECKPOINT", "KIND", "SupernetTrainer", "train_supernet", "supernet_spec", "build_supernet",
+           "load_supernet", "read_supernet_checkpoint", "check_reward_checkpoint", "sample_decisions"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "supernet.pth"
@@ -72,11 +72,30 @@ def build_supernet(spec: dict) -> Supernet:
     return Supernet(make_space(None, **spec["space"]), **spec["sizes"])
 
 
-def load_supernet(path: str | Path) -> tuple[Supernet, dict]:
-    """The supernet and checkpoint at ``path``; one ValueError when it is not a supernet checkpoint."""
-    ck = read_checkpoint(path)
+def read_supernet_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """The supernet checkpoint at ``path``; one ValueError when the file is not one."""
+    ck = read_checkpoint(path, mmap=mmap)
     if not isinstance(ck, dict) or ck.get("kind") != KIND:
         raise ValueError(f"{path} is not a supernet checkpoint (tools/search.py supernet writes one)")
+    return ck
+
+
+def check_reward_checkpoint(path: str | Path, space_dict: dict, mmap: bool = True) -> dict:
+    """The checkpoint a supernet reward reads; ValueError unless it is finished and over ``space_dict``."""
+    ck = read_supernet_checkpoint(path, mmap)
+    spec = ck["spec"]
+    if ck["step"] < spec["steps"]:
+        raise ValueError(f"supernet checkpoint {path} is at step {ck['step']} of {spec['steps']}; finish it "
+                         "first (tools/search.py supernet --resume)")
+    if space_dict != spec["space"]:
+        raise ValueError(f"supernet checkpoint {path} covers the space {spec['space']}; this search's is "
+                         f"{space_dict}")
+    return ck
+
+
+def load_supernet(path: str | Path) -> tuple[Supernet, dict]:
+    """The supernet and checkpoint at ``path``; one ValueError when it is not a supernet checkpoint."""
+    ck = read_supernet_checkpoint(path)
     net = build_supernet(ck["spec"])
     net.load_state_dict(ck["model"])
     return net, ck
@@ -121,21 +140,21 @@ def train_supernet(cfg: dict, out: str | Path, resume: bool = False, force: bool
     dev = resolve_device(child["device"], key="reward.child.device")
     data = load_child_data(*(child[k] for k in _DATA_KEYS))
     spec = supernet_spec(cfg, data.num_classes, data.train_x.shape[-1])
+    net, ck = (build_supernet(spec), None) if start_ck is None else load_supernet(start_ck)
+    if ck is not None and (diff := _changes(ck["spec"], spec)):
+        raise ValueError(f"{start_ck} was trained with another config ({diff}); resume it with the same "
+                         "config, or pass --force (without --resume) to train a new supernet")
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_folder(out, "supernet.lock", "a supernet training")
     try:
         remove_stale_temps(out)
-        net, ck = (build_supernet(spec), None) if start_ck is None else load_supernet(start_ck)
-        if ck is not None and (diff := _changes(ck["spec"], spec)):
-            raise ValueError(f"{start_ck} was trained with another config ({diff}); resume it with the same "
-                             "config, or pass --force (without --resume) to train a new supernet")
         write_config(cfg, out / "config.yaml", SEARCH)
-        return _Fit(net.to(dev), data, spec, ck, dev).run(out, sn, progress)
+        return SupernetTrainer(net.to(dev), data, spec, ck, dev).run(out, sn, progress)
     finally:
         lock.close()
 
 
-class _Fit:
+class SupernetTrainer:
     """The training state: data, optimizer, schedule, path generator, step (from a checkpoint or 0)."""
 
     def __init__(self, net: Supernet, data, spec: dict, ck: dict | None, dev: torch.device):
@@ -144,6 +163,9 @@ class _Fit:
         aug = {"pad": r["crop_pad"], "hflip": r["flip"], "cutout": 0}
         self.train_set = ArrayDataset(data.train_x, data.train_y, True, aug, data.mean, data.std, seed)
         self.loader = build_loader(self.train_set, r["batch_size"], True, 0, dev.type == "cuda", seed)
+        # Each epoch's iterator draws a base seed (unused: order and augmentation come from (seed, epoch,
+        # index)); from its own generator, so that torch's RNG state does not depend on where a run resumed.
+        self.loader.generator = torch.Generator().manual_seed(seed)
         solver = {"optimizer": "sgd", "lr": r["lr"], "momentum": r["momentum"], "nesterov": False,
                   "weight_decay": r["weight_decay"], "schedule": "cosine", "min_lr": 0.0,
                   "epochs": spec["steps"], "warmup_epochs": 0.0}
@@ -156,6 +178,7 @@ class _Fit:
             torch.set_rng_state(ck["torch_rng"])
             self.step, self.seconds, self.last_loss = ck["step"], ck["train_seconds"], ck["last_loss"]
         self.heads = [net.classifier_bias, *net.classifier.parameters()]
+        self.group_of = {id(p): i for i, g in enumerate(self.opt.param_groups) for p in g["params"]}
 
     def batches(self):
         """(x, y) from the current step on: epoch and position follow from the step."""
@@ -176,11 +199,26 @@ class _Fit:
         loss.backward()
         if self.recipe["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(params, self.recipe["grad_clip"])
-        self.opt.step()
+        self._path_step([p for p in params if p.grad is not None])
         for p in params:  # the next path starts with no gradients (zero_grad(set_to_none) of the path)
             p.grad = None
         self.step += 1
         return loss, lr
+
+    def _path_step(self, params: list) -> None:
+        """``opt.step()`` with each param group holding only its path parameters: SGD skips a parameter
+        without a gradient anyway, and its loop over every supernet parameter cost more than the update."""
+        groups = self.opt.param_groups
+        full = [g["params"] for g in groups]
+        for g in groups:
+            g["params"] = []
+        for p in params:
+            groups[self.group_of[id(p)]]["params"].append(p)
+        try:
+            self.opt.step()
+        finally:
+            for g, ps in zip(groups, full):
+                g["params"] = ps
 
     def run(self, out: Path, sn: dict, progress: bool) -> dict:
         """Train to ``spec['steps']``, logging and checkpointing as configured."""
