@@ -206,7 +206,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
     out, err = res.communicate(timeout=300)
     assert res.returncode == 0, err
     assert f"resumed from {ck}: step {step} of 60" in err
-    assert search_tool.main(["--quiet", "supernet", "--config", str(cfg), "--out", str(tmp_path / "ref")]) == 0
+    ref = ["--quiet", "supernet", "--config", str(cfg), "--out", str(tmp_path / "ref")]
+    assert search_tool.main(ref) == 0  # uninterrupted, in this process
     got, want = _state(ck), _state(tmp_path / "ref" / "supernet.pth")
     assert got["step"] == want["step"] == 60
     for key in ("model", "optimizer", "path_rng", "torch_rng", "spec"):
