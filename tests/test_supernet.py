@@ -23,7 +23,7 @@ from nasnet_core.model.genotype import Block, CellGenotype, Genotype
 from nasnet_core.search.space import SpaceError, make_space
 from nasnet_core.search.supernet import Supernet, extract_child
 from nasnet_core.search.supernet_reward import SupernetReward, path_accuracy, recalibrate_bn
-from nasnet_core.search.supernet_train import KIND, load_supernet
+from nasnet_core.search.supernet_train import KIND, check_reward_checkpoint, load_supernet
 
 search_tool = load_tool("search")
 
@@ -198,6 +198,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
     proc.wait()
     step = torch.load(ck, weights_only=True)["step"]
     assert 0 < step < 60, "the kill must land mid-training"
+    with pytest.raises(ValueError, match=f"is at step {step} of 60; finish it first"):  # no reward from it
+        check_reward_checkpoint(ck, make_space("A", num_blocks=2).to_dict())
     # no --resume: refused, nothing changed
     assert search_tool.main(["supernet", "--config", str(cfg), "--out", str(killed)]) == 2
     assert "pass --resume" in capsys.readouterr().err
