@@ -145,6 +145,43 @@ def test_bn_recalibration_is_deterministic_and_recomputes_the_path_statistics():
     assert path_accuracy(net, g1, x, y, 7) == pytest.approx(child_acc)
 
 
+def test_training_one_fixed_path_is_training_its_standalone_child(tmp_path, monkeypatch):
+    """The supernet's training step on a path is the child's SGD step: with the path held fixed, 6 steps
+    of SupernetTrainer and 6 of a plain SGD loop on the extracted child end with equal weights (bit for
+    bit without the clip; the clip's norm sums the slabs in another order, a last-bit difference)."""
+    import nasnet_core.search.supernet_train as st
+    from nasnet_core.search.child import load_child_data
+    from nasnet_core.train.optim import LRSchedule, build_optimizer
+
+    cfg = load_config(_config(tmp_path, steps=6), ["reward.child.grad_clip", 0.0], schema=SEARCH)
+    c = cfg["reward"]["child"]
+    data = load_child_data(c["dataset"], c["data_dir"], c["val_size"])
+    spec = st.supernet_spec(cfg, data.num_classes, 1)
+    net = st.build_supernet(spec)
+    d = [1, 0, 10, 4, 1, 2, 1, 8, 3, 0] * 2  # a concat block (2F wide) read by the next block
+    monkeypatch.setattr(st, "sample_decisions", lambda space, gen: d)
+    child = extract_child(net, d).train()
+    trainer = st.SupernetTrainer(net, data, spec, None, torch.device("cpu"))
+    solver = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+              "schedule": "cosine", "min_lr": 0.0, "epochs": 6, "warmup_epochs": 0.0}
+    opt, schedule = build_optimizer(child, solver), LRSchedule(solver, 1)
+    net.train()
+    batches = trainer.batches()
+    for step in range(6):
+        xb, yb = next(batches)
+        loss, _ = trainer.train_step(xb, yb)
+        schedule.apply(opt, step)
+        child_loss = F.cross_entropy(child(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        child_loss.backward()
+        opt.step()
+        assert torch.equal(loss, child_loss), step
+    got, want = extract_child(net, d).state_dict(), child.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    initial = extract_child(st.build_supernet(spec), d)  # the same init, untrained: the steps moved it
+    assert not torch.equal(want["last_linear.weight"], initial.last_linear.weight)
+
+
 # ---- training, resume, search ------------------------------------------------------------------
 def _config(tmp_path: Path, steps=60, **extra) -> Path:
     data = tmp_path / "data"
