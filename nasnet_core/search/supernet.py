@@ -44,7 +44,7 @@ from ..model.plan import make_plan
 from ..model.registry import create_model, get_config
 from .space import NASNetSpace, SpaceError
 
-__all__ = ["Supernet", "extract_child", "child_model", "path_modules"]
+__all__ = ["Supernet", "extract_child", "child_model", "path_modules", "set_path_mode"]
 
 ARCH = "nasnet_a_cifar"  # the network train_child builds
 
@@ -284,6 +284,14 @@ def path_modules(supernet: Supernet, genotype_or_decisions) -> list[nn.Module]:
             out.append(r.layer.conv_prev_1x1)
         out += [m for triple in r.ops for m in triple if m is not None] + list(r.reducers.values())
     return out
+
+
+def set_path_mode(supernet: Supernet, genotype_or_decisions, training: bool) -> None:
+    """Train / eval mode for the path's modules (and the supernet's flag): ``supernet.train()`` visits
+    all of its ~10^4 modules, which cost more than a small path's calibration."""
+    supernet.training = training
+    for m in path_modules(supernet, genotype_or_decisions):
+        m.train(training)
 
 
 def child_model(genotype: Genotype, sizes: dict) -> nn.Module:

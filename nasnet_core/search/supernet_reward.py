@@ -18,7 +18,7 @@ from ..model.complexity import complexity
 from ..train.checks import resolve_device
 from ..train.data import ArrayDataset
 from .child import load_child_data
-from .supernet import Supernet, child_model, path_modules
+from .supernet import Supernet, child_model, path_modules, set_path_mode
 from .supernet_train import check_reward_checkpoint, load_supernet
 
 __all__ = ["recalibrate_bn", "path_accuracy", "calibration_batches", "SupernetReward"]
@@ -28,14 +28,14 @@ _NO_AUG = {"pad": 0, "hflip": False, "cutout": 0}
 
 def recalibrate_bn(supernet: Supernet, genotype, batches: list[torch.Tensor]) -> list[nn.Module]:
     """Reset the path's BN statistics and recompute them (cumulative average) over ``batches``; the
-    supernet is left in eval mode. Returns the path's BN layers."""
+    path is left in eval mode. Returns the path's BN layers."""
     norms = [m for mod in path_modules(supernet, genotype) for m in mod.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch weighs the same
-    supernet.train()
+    set_path_mode(supernet, genotype, True)
     try:
         with torch.no_grad():
             for xb in batches:
@@ -43,7 +43,7 @@ def recalibrate_bn(supernet: Supernet, genotype, batches: list[torch.Tensor]) ->
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        supernet.eval()
+        set_path_mode(supernet, genotype, False)
     return norms
 
 
@@ -51,7 +51,7 @@ def recalibrate_bn(supernet: Supernet, genotype, batches: list[torch.Tensor]) ->
 def path_accuracy(supernet: Supernet, genotype, images: torch.Tensor, labels: torch.Tensor,
                   batch_size: int) -> float:
     """Top-1 accuracy (fraction) of the path in eval mode."""
-    supernet.eval()
+    set_path_mode(supernet, genotype, False)
     correct = 0
     for i in range(0, len(labels), batch_size):
         logits = supernet(images[i:i + batch_size], genotype)
