@@ -4,6 +4,8 @@
     tools/search.py run --config configs/search/fashion_mnist_small.yaml --run-dir runs/random \
         search.strategy random search.strategy_hparams "{}"      # trailing KEY VALUE overrides
     tools/search.py --resume runs/ppo                 # after a crash / SIGKILL
+    tools/search.py supernet --config configs/search/fashion_mnist_supernet.yaml --out runs/supernet
+    tools/search.py run --config configs/search/fashion_mnist_supernet.yaml --run-dir runs/sn_evo
     tools/search.py report runs/ppo runs/random --plot docs/search_fig6.png
     tools/search.py export runs/ppo --top 5 --output genotypes/
     tools/search.py retrain runs/ppo --top 3 --config configs/classification/fashion_mnist_small.yaml \
@@ -38,6 +40,17 @@ def cmd_run(args) -> dict:
         overrides += ["executor.address", args.address]
     cfg = load_config(args.config, overrides, schema=SEARCH)
     return start_search(args.run_dir, cfg, progress=not args.quiet, force=args.force)
+
+
+def cmd_supernet(args) -> dict:
+    """Train (or continue) the weight-sharing supernet of a search config."""
+    from nasnet_core.search.runner import check_values
+    from nasnet_core.search.supernet_train import train_supernet
+
+    cfg = load_config(args.config, list(args.overrides), schema=SEARCH)
+    check_values(cfg)
+    return train_supernet(cfg, args.out, resume=args.resume_supernet, force=args.force,
+                          progress=not args.quiet)
 
 
 def cmd_resume(args) -> dict:
@@ -133,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the run into a folder that holds other files (replaces its config.yaml)")
     r.add_argument("overrides", nargs="*", metavar="KEY VALUE",
                    help="config overrides in pairs, e.g. search.seed 1 reward.child.epochs 2")
+    sn = sub.add_parser("supernet", help="train the weight-sharing supernet of a search config "
+                        "(reward.child: data, sizes, recipe; supernet: steps, seed)")
+    sn.add_argument("--config", help="YAML under configs/search/ (defaults: the SEARCH schema)")
+    sn.add_argument("--out", required=True, help="folder for supernet.pth, config.yaml, TensorBoard")
+    sn.add_argument("--resume", dest="resume_supernet", action="store_true",
+                    help="continue the supernet in --out from its last checkpoint")
+    sn.add_argument("--force", action="store_true", help="train a new supernet over what --out holds")
+    sn.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar")
+    sn.add_argument("overrides", nargs="*", metavar="KEY VALUE",
+                    help="config overrides in pairs, e.g. supernet.steps 500 reward.child.num_threads 1")
     s = sub.add_parser("resume", help="continue a search (same as --resume)")
     s.add_argument("run_dir")
     s.add_argument("--num-children", type=int, help="change the planned total")
@@ -178,7 +201,7 @@ def main(argv=None) -> int:
     """Entry point: exit code 2 and one error line for a bad config, run directory or file."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("run", "retrain", "rescore"):  # KEY VALUE pairs after options too
+    if args.command in ("run", "retrain", "rescore", "supernet"):  # KEY VALUE pairs after options too
         unknown = [a for a in extra if a.startswith("--")]
         if unknown:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -189,8 +212,8 @@ def main(argv=None) -> int:
     if args.resume:
         args.run_dir, args.num_children = args.resume, None
         args.command = "resume"
-    commands = {"run": cmd_run, "resume": cmd_resume, "report": cmd_report, "export": cmd_export,
-                "retrain": cmd_retrain, "compare": cmd_compare, "rescore": cmd_rescore}
+    commands = {"run": cmd_run, "supernet": cmd_supernet, "resume": cmd_resume, "report": cmd_report,
+                "export": cmd_export, "retrain": cmd_retrain, "compare": cmd_compare, "rescore": cmd_rescore}
     if args.command not in commands:
         parser.print_help()
         return 2

@@ -129,17 +129,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def read_checkpoint(path: str | Path, weights_only: bool = True) -> Any:
+def read_checkpoint(path: str | Path, weights_only: bool = True, mmap: bool = False) -> Any:
     """``torch.load`` a checkpoint on the CPU; FileNotFoundError, or one ValueError naming the file.
 
-    ``weights_only=False`` is for the trainer's own checkpoints, which hold RNG states."""
+    ``weights_only=False`` is for the trainer's own checkpoints, which hold RNG states; ``mmap`` maps the
+    tensors instead of reading them (a cheap look at a large checkpoint's metadata)."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means an unreadable file
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
 

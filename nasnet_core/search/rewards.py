@@ -86,9 +86,15 @@ def _child_reward(space, **cfg):
     return ChildTrainer(space, **cfg)
 
 
+def _supernet_reward(space, **cfg):
+    from .supernet_reward import SupernetReward  # heavy (the supernet and its data); imported where used
+    return SupernetReward(space, **cfg)
+
+
 REWARDS: dict[str, Callable] = {
     "synthetic": SyntheticReward,
     "child": _child_reward,
+    "supernet": _supernet_reward,
 }
 
 

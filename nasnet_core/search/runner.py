@@ -41,9 +41,13 @@ _LOWER_BOUNDS = {
     "reward.child.crop_pad": (0, True), "reward.child.num_threads": (0, True),
     "reward.child.eval_batch_size": (1, True), "reward.child.cost_target": (0, True),
     "reward.child.workers": (0, True), "reward.synthetic.noise": (0, True),
-    "reward.synthetic.delay": (0, True),
+    "reward.synthetic.delay": (0, True), "reward.supernet.calib_batches": (1, True),
+    "reward.supernet.calib_batch_size": (0, True), "reward.supernet.val_subset": (0, True),
+    "reward.supernet.num_threads": (0, True), "reward.supernet.eval_batch_size": (1, True),
+    "supernet.steps": (1, True), "supernet.lr": (0, False), "supernet.checkpoint_every": (1, True),
+    "supernet.log_every": (1, True),
 }
-_NULLABLE = {"space.num_blocks", "executor.num_cpus", "executor.gpus_per_child"}
+_NULLABLE = {"space.num_blocks", "executor.num_cpus", "executor.gpus_per_child", "supernet.lr"}
 
 
 def check_values(cfg: dict) -> None:
@@ -83,12 +87,31 @@ def check_config(cfg: dict) -> None:
     if timeout is not None and timeout <= 0:
         raise ValueError(f"executor.child_timeout must be > 0 seconds or null, got {timeout}")
     child = cfg["reward"]["child"]
+    if cfg["reward"]["name"] == "supernet":
+        _check_supernet_reward(cfg)
     if cfg["reward"]["name"] == "child":
         if child["dataset"] not in DATASETS:
             raise ValueError(f"unknown dataset {child['dataset']!r}; known: {', '.join(DATASETS)}")
         if cfg["executor"]["address"] is None and not Path(child["data_dir"]).is_dir():
             raise FileNotFoundError(f"dataset folder not found: {child['data_dir']} "
                                     "(reward.child.data_dir)")
+
+
+def _check_supernet_reward(cfg: dict) -> None:
+    """The supernet reward's checkpoint (and a data folder given) exist, before anything is written."""
+    sn = cfg["reward"]["supernet"]
+    if not sn["checkpoint"]:
+        raise ValueError("reward.supernet.checkpoint is not set; give the supernet.pth of a "
+                         "tools/search.py supernet run")
+    if cfg["executor"]["address"] is None:  # on a cluster the paths are the workers'
+        if not Path(sn["checkpoint"]).is_file():
+            raise FileNotFoundError(f"supernet checkpoint not found: {sn['checkpoint']} "
+                                    "(reward.supernet.checkpoint)")
+        from .supernet_train import check_reward_checkpoint
+
+        check_reward_checkpoint(sn["checkpoint"], build_space(cfg["space"]).to_dict())
+        if sn["data_dir"] is not None and not Path(sn["data_dir"]).is_dir():
+            raise FileNotFoundError(f"dataset folder not found: {sn['data_dir']} (reward.supernet.data_dir)")
 
 
 def check_run_dir(run_dir: str | Path, force: bool = False) -> None:
