@@ -188,6 +188,28 @@ def test_max_pool_pads_with_minus_infinity():
     assert out[0, 0, 1, 1].item() == x[0, 0, 2:, 2:].max().item()  # negative, not the 0 pad
 
 
+@pytest.mark.parametrize("k,s,size", [(3, 1, 9), (5, 1, 8), (7, 2, 9), (3, 2, 8)])
+def test_max_pool_channels_last_route_is_bit_identical(k, s, size):
+    """Without autograd, SamePool2d max pools in channels-last layout on CPU: values equal the plain NCHW
+    max pool with TF SAME padding (ties included) and the output keeps the input's layout; under autograd
+    it takes the plain route (training numerics unchanged)."""
+    x = F.relu(torch.randn(3, 5, size, size)).round()  # many ties (zeros, small integers)
+    ph, pw = same_padding(size, k, s), same_padding(size, k, s)
+    ref = F.max_pool2d(F.pad(x, [pw[0], pw[1], ph[0], ph[1]], value=float("-inf")), k, s)
+    with torch.no_grad():
+        out = SamePool2d("max", k, s)(x)
+    assert torch.equal(out, ref) and out.is_contiguous()
+    xg = x.clone().requires_grad_()
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(SamePool2d("max", k, s)(xg), xg, g)[0]
+    plain = torch.autograd.grad(F.max_pool2d(F.pad(xg, [pw[0], pw[1], ph[0], ph[1]], value=float("-inf")),
+                                             k, s), xg, g)[0]
+    assert torch.equal(got, plain)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    out_l = SamePool2d("max", k, s)(xl)
+    assert torch.equal(out_l, ref) and out_l.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_factorized_reduction_paths():
     fr = FactorizedReduction(4, 6, OpContext(), stride=2).eval()
     x = torch.randn(1, 4, 9, 9)
