@@ -129,6 +129,25 @@ def _avg_divisor(h: int, w: int, k: int, s: int, pads: tuple[int, int, int, int]
     return _divisor(torch.empty(1, 1, h, w, dtype=dtype, device=device), k, s, list(pads))
 
 
+def _max_pool_no_grad(x: torch.Tensor, k: int, s: int, ph: tuple[int, int], pw: tuple[int, int],
+                      symmetric: bool) -> torch.Tensor:
+    """SAME max pooling for CPU inference, bit-identical to the plain route and 3-9x faster: in
+    channels-last layout, and for k >= 5 as a k x 1 then a 1 x k pool (a max over a k x k window is the
+    max of its column maxima). The result has the input's layout. Not used under autograd: this route's
+    backward sums overlapping windows' gradients in another order (float rounding)."""
+    pad = (ph[0], pw[0])
+    if not symmetric:
+        x, pad = F.pad(x, [pw[0], pw[1], ph[0], ph[1]], value=float("-inf")), (0, 0)
+    back = not x.is_contiguous(memory_format=torch.channels_last)
+    if back:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if k >= 5:
+        y = F.max_pool2d(F.max_pool2d(x, (k, 1), (s, 1), (pad[0], 0)), (1, k), (1, s), (0, pad[1]))
+    else:
+        y = F.max_pool2d(x, k, s, pad)
+    return y.contiguous() if back else y
+
+
 class SamePool2d(nn.Module):
     """k x k max or average pooling with TF "SAME" padding (no parameters)."""
 
@@ -148,18 +167,11 @@ class SamePool2d(nn.Module):
         ph, pw = same_padding(h, k, s), same_padding(w, k, s)
         symmetric = ph[0] == ph[1] and pw[0] == pw[1] and ph[0] <= k // 2 and pw[0] <= k // 2
         if self.kind == "max":
-            # Without autograd on CPU, max pooling in channels-last layout is 3-9x faster with
-            # bit-identical values; the result goes back to the input's layout. Not under autograd:
-            # its backward sums overlapping windows' gradients in another order (float rounding).
-            back = (x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
-                    and not x.is_contiguous(memory_format=torch.channels_last))
-            if back:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):
+                return _max_pool_no_grad(x, k, s, ph, pw, symmetric)
             if symmetric:
-                y = F.max_pool2d(x, k, s, (ph[0], pw[0]))
-            else:
-                y = F.max_pool2d(F.pad(x, [pw[0], pw[1], ph[0], ph[1]], value=float("-inf")), k, s)
-            return y.contiguous() if back else y
+                return F.max_pool2d(x, k, s, (ph[0], pw[0]))
+            return F.max_pool2d(F.pad(x, [pw[0], pw[1], ph[0], ph[1]], value=float("-inf")), k, s)
         # timm's dynamic-"same" avg pool (stride > 1) pads zeros that then count in the mean.
         count_pad = self.pad_mode == "timm" and s > 1
         if symmetric:

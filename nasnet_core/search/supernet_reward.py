@@ -90,8 +90,8 @@ class SupernetReward:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.dev = resolve_device(device, key="reward.supernet.device")
-        check_reward_checkpoint(checkpoint, space.to_dict())
-        self.net, ck = load_supernet(checkpoint)
+        ck = check_reward_checkpoint(checkpoint, space.to_dict(), mmap=False)  # read once, used whole
+        self.net, ck = load_supernet(checkpoint, ck)
         spec = ck["spec"]
         self.space, self.sizes, self.eval_batch_size = space, spec["sizes"], eval_batch_size
         d = dict(spec["data"])
