@@ -24,7 +24,7 @@ for), and the training-mode forward at full size ("fwd only") with --ratio-size 
 mode, one image, TEST proposals, as --eval-only runs it (TEST.FAST_EVAL's BN-folded copy, the
 per-ROI head in chunks of MODEL.ROI_HEADS.TEST_CHUNK_SIZE) and, for NASNet, the plain model (no
 folding, all ROIs at once); the median of --infer-iters for models under --max-infer-params, else
-scaled per ROI from --head-rois test proposals (below one chunk: the scaled time has no chunking).
+scaled per ROI from the medians at --infer-rois test proposals (16 and 32: one and two chunks).
 
     python tools/benchmark_detector.py                      # all COCO configs + R50-C4, CPU
     python tools/benchmark_detector.py --configs configs/COCO-Detection/faster_rcnn_nasnet_a_mobile_600.yaml
@@ -156,13 +156,13 @@ def infer(cfg, model, batch: list[dict], params_m: float, args) -> dict:
 
 
 def time_inference(model, batch: list[dict], topk: int, kind: str, args) -> float:
-    """Seconds per image: the median of --infer-iters after a warm-up, or scaled per ROI from one
-    run at each of --head-rois test proposals."""
+    """Seconds per image: the median of --infer-iters after a warm-up, or scaled per ROI from the
+    medians at each of --infer-rois test proposals."""
     if kind == "measured":
         inference(model, batch)  # warm-up
         return inference(model, batch, iters=args.infer_iters)
-    k1, k2 = args.head_rois
-    t1, t2 = inference(model, batch, k1), inference(model, batch, k2)
+    k1, k2 = args.infer_rois
+    t1, t2 = (inference(model, batch, k, iters=args.infer_iters) for k in (k1, k2))
     return t1 + (topk - k1) * max(t2 - t1, 0.0) / (k2 - k1)
 
 
@@ -229,6 +229,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="CPU: above --max-train-gib, time every row's training step at this INPUT.FIXED_SIZE "
                         "(0: not timed)")
     p.add_argument("--max-infer-params", type=float, default=60.0, help="CPU: measured inference below (M)")
+    p.add_argument("--infer-rois", type=int, nargs=2, default=[16, 32],
+                   help="CPU, above --max-infer-params: test proposal counts inference is scaled from")
     p.add_argument("--iters", type=int, default=3, help="timed training iterations (median; after a warm-up)")
     p.add_argument("--infer-iters", type=int, default=3,
                    help="timed inference runs (median; after a warm-up)")
