@@ -146,12 +146,15 @@ def infer(cfg, model, batch: list[dict], params_m: float, args) -> dict:
     out = {"infer_kind": kind, "infer_s": time_inference(fast, batch, cfg.MODEL.RPN.POST_NMS_TOPK_TEST, kind,
                                                          args)}
     if fast is not model:
-        heads = model.roi_heads
-        chunk, heads.test_chunk_size = heads.test_chunk_size, 0
+        heads = model.roi_heads  # NASNetROIHeads chunks; the FPN config's StandardROIHeads does not
+        chunk = getattr(heads, "test_chunk_size", None)
+        if chunk is not None:
+            heads.test_chunk_size = 0
         try:
             out["infer_plain_s"] = time_inference(model, batch, cfg.MODEL.RPN.POST_NMS_TOPK_TEST, kind, args)
         finally:
-            heads.test_chunk_size = chunk
+            if chunk is not None:
+                heads.test_chunk_size = chunk
     return out
 
 
