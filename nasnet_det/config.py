@@ -79,9 +79,9 @@ def _add_fast_eval_config(cfg) -> None:
     # of the model with every NASNet part's BN / FrozenBN folded into its convs and channels-last
     # weights (nasnet_det.fast_eval); the trained model is not changed. False: the model as built.
     cfg.TEST.FAST_EVAL = True
-    # NASNetROIHeads at inference: crop and run the per-ROI cells this many proposals at a time, so
-    # that a chunk's activations stay in the CPU's caches (16: fastest measured on a 2-core CPU with
-    # 1 MiB L2 per core); 0: all proposals of the batch at once.
+    # NASNetROIHeads at inference on a CPU: crop and run the per-ROI cells this many proposals at a
+    # time, so that a chunk's activations stay in the CPU's caches (16: fastest measured on a 2-core
+    # CPU with 1 MiB L2 per core); 0: all proposals of the batch at once (always so on a GPU).
     cfg.MODEL.ROI_HEADS.TEST_CHUNK_SIZE = 16
 
 

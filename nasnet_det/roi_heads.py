@@ -135,10 +135,11 @@ class NASNetROIHeads(Res5ROIHeads):
     def box_features(self, features: list[torch.Tensor], boxes: list[Boxes],
                      input_size: tuple[int, int]) -> torch.Tensor:
         """The head's (R, C, 9, 9) output for proposal boxes in input pixels (the crop as configured);
-        at inference ``test_chunk_size`` ROIs at a time (crop, then cells), so that each chunk's
-        activations stay in the CPU's caches (the same numbers as all at once)."""
+        at inference on a CPU ``test_chunk_size`` ROIs at a time (crop, then cells), so that each
+        chunk's activations stay in the CPU's caches (the same numbers as all at once)."""
         chunk = self.test_chunk_size
-        if self.training or not chunk or sum(len(b) for b in boxes) <= chunk:
+        on_cpu = features[0].device.type == "cpu"
+        if self.training or not chunk or not on_cpu or sum(len(b) for b in boxes) <= chunk:
             return self._crop_head(features, boxes, input_size)
         out = []
         for i, image_boxes in enumerate(boxes):

@@ -9,10 +9,12 @@ from det_helpers import make_cfg, tiny_inputs  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
+from nasnet_core.model.network import NASNet  # noqa: E402
 from nasnet_det import fast_eval  # noqa: E402
 from nasnet_det.fast_eval import FastEvalModel, fast_eval_model, maybe_fast_eval  # noqa: E402
 
 MOBILE = "configs/COCO-Detection/faster_rcnn_nasnet_a_mobile_600.yaml"
+FPN = "configs/COCO-Detection/faster_rcnn_nasnet_a_mobile_fpn.yaml"
 # The mobile 600 detector's structure (FrozenBN everywhere, NASNet-A cells, 17 x 17 crops through
 # reduction_cell_1 + stage 3) at one cell per stage, a quarter of its width, 128 px, 40 proposals
 # per image.
@@ -23,19 +25,19 @@ OPTS = ["MODEL.NASNET.N", 1, "MODEL.NASNET.F", 264, "INPUT.FIXED_SIZE", 128,
 TF_CROP = ["MODEL.ROI_BOX_HEAD.POOLER_TYPE", "TFCropAndResize", "MODEL.ROI_HEADS.TF_POSTPROCESS", True]
 
 
-def _detector(opts=()):
+def _detector(opts=(), config=MOBILE):
     """The small detector with BN statistics taken from the inputs (as ImageNet weights would leave
     them), then every FrozenBN's statistics and affine perturbed, so that folding changes numbers."""
     torch.manual_seed(0)
-    model = build_model(make_cfg(MOBILE, [*OPTS, *opts, "MODEL.NASNET.NORM", "BN"]))
+    model = build_model(make_cfg(config, [*OPTS, *opts, "MODEL.NASNET.NORM", "BN"]))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative: one batch gives its own statistics
     model.train()
     with torch.no_grad():
         feats = model.backbone(model.preprocess_image(tiny_inputs(size=128)).tensor)
-        crops = torch.cat([feats["nasnet16"]] * 2)[:, :, :17, :17]  # warm the head's statistics too
-        model.roi_heads.res5(crops.contiguous())
+        if "nasnet16" in feats:  # C4: the per-ROI cells' statistics too
+            model.roi_heads.res5(torch.cat([feats["nasnet16"]] * 2)[:, :, :17, :17].contiguous())
     model = FrozenBatchNorm2d.convert_frozen_batchnorm(model).eval()
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
@@ -57,7 +59,8 @@ def detector():
 def _detect(model, chunk: int):
     inputs = [{k: v for k, v in x.items() if k != "instances"} for x in tiny_inputs(size=128)]
     heads = model.model.roi_heads if isinstance(model, FastEvalModel) else model.roi_heads
-    heads.test_chunk_size = chunk
+    if hasattr(heads, "test_chunk_size"):  # NASNetROIHeads (C4); FPN's StandardROIHeads has no chunks
+        heads.test_chunk_size = chunk
     with torch.no_grad():
         return [r["instances"] for r in model(inputs)]
 
@@ -78,9 +81,10 @@ def _largest_differences(plain, fast) -> tuple[float, float]:
     return box_diff, score_diff
 
 
-@pytest.mark.parametrize("tf_crop", [False, True], ids=["roialign", "tf_crop"])
-def test_fast_eval_gives_the_plain_detections(detector, tf_crop):
-    model = _detector(TF_CROP) if tf_crop else detector
+@pytest.mark.parametrize("variant", ["roialign", "tf_crop", "fpn"])
+def test_fast_eval_gives_the_plain_detections(detector, variant):
+    model = {"roialign": lambda: detector, "tf_crop": lambda: _detector(TF_CROP),
+             "fpn": lambda: _detector(config=FPN)}[variant]()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     plain = _detect(model, chunk=0)
     fast_model = fast_eval_model(model)
@@ -91,12 +95,14 @@ def test_fast_eval_gives_the_plain_detections(detector, tf_crop):
           f"scores within {score_diff:.1e}")
     assert box_diff <= 1e-3 and score_diff <= 1e-4
     # the copy is folded (no BN left in its NASNet parts) and channels-last; the model is untouched
-    folded = fast_model.model.roi_heads.res5.nasnet
+    nasnet = [m for m in fast_model.modules() if isinstance(m, NASNet)]
+    assert len(nasnet) == (1 if variant == "fpn" else 2)
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fast_model.modules())
-    assert folded.reduction_cell_1.conv_1x1.conv.bias is not None
-    assert folded.reduction_cell_1.conv_1x1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for part in nasnet:
+        conv = part.cell_0.conv_1x1.conv if hasattr(part, "cell_0") else part.reduction_cell_1.conv_1x1.conv
+        assert conv.bias is not None and conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert model.roi_heads.res5.nasnet.reduction_cell_1.conv_1x1.conv.bias is None
+    assert not any(isinstance(m, torch.nn.Identity) for m in model.modules())
 
 
 def test_fast_eval_comparison_catches_a_wrong_fold(detector, monkeypatch):
