@@ -55,7 +55,6 @@ def add_nasnet_config(cfg) -> None:
     cfg.INPUT.FIXED_SIZE = 0
     _add_tf_exact_config(cfg)  # INPUT.TF_RESIZE, MODEL.ROI_HEADS.TF_*
     _add_fast_eval_config(cfg)  # TEST.FAST_EVAL, MODEL.ROI_HEADS.TEST_CHUNK_SIZE
-
     # Minimum score of the detections drawn by train_net's visualisation after evaluation.
     cfg.TEST.VIS_THRESHOLD = 0.5
     # Images drawn per test set after evaluation (0: none).
