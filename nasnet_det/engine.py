@@ -33,6 +33,7 @@ from .amp import AutocastTrainer
 from .backbone import NASNetBackbone
 from .checkpoint import NASNetCheckpointer
 from .config import add_nasnet_config
+from .fast_eval import maybe_fast_eval
 from .meta_arch import META_ARCH
 from .roi_heads import NASNetCropHead
 
@@ -215,6 +216,12 @@ class Trainer(DefaultTrainer):
         self.checkpointer = NASNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test on the BN-folded inference copy of ``model`` when TEST.FAST_EVAL is on
+        (nasnet_det.fast_eval; the trained model is not changed)."""
+        return super().test(cfg, maybe_fast_eval(cfg, model), evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -96,8 +96,11 @@ class NASNetROIHeads(Res5ROIHeads):
     """Res5ROIHeads whose per-ROI block is NASNet's second reduction cell and last stage."""
 
     @configurable
-    def __init__(self, *, tf_second_stage: TFSecondStage | None = None, **kwargs):
+    def __init__(self, *, tf_second_stage: TFSecondStage | None = None, test_chunk_size: int = 0, **kwargs):
         super().__init__(**kwargs)
+        if test_chunk_size < 0:
+            raise ValueError(f"MODEL.ROI_HEADS.TEST_CHUNK_SIZE must be >= 0, got {test_chunk_size}")
+        self.test_chunk_size = test_chunk_size
         self.tf_crop = isinstance(self.pooler, TFCropAndResize)
         self.tf_second_stage = tf_second_stage
         label_map = tf_second_stage.label_map if tf_second_stage else None
@@ -120,6 +123,7 @@ class NASNetROIHeads(Res5ROIHeads):
         if tf_crop:
             ret["pooler"] = TFCropAndResize(cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION)
         ret["tf_second_stage"] = build_tf_second_stage(cfg)
+        ret["test_chunk_size"] = cfg.MODEL.ROI_HEADS.TEST_CHUNK_SIZE
         return ret
 
     @classmethod
@@ -130,9 +134,27 @@ class NASNetROIHeads(Res5ROIHeads):
 
     def box_features(self, features: list[torch.Tensor], boxes: list[Boxes],
                      input_size: tuple[int, int]) -> torch.Tensor:
-        """The head's (R, C, 9, 9) output for proposal boxes in input pixels (the crop as configured)."""
+        """The head's (R, C, 9, 9) output for proposal boxes in input pixels (the crop as configured);
+        at inference on a CPU ``test_chunk_size`` ROIs at a time (crop, then cells), so that each
+        chunk's activations stay in the CPU's caches (the same numbers as all at once)."""
+        chunk = self.test_chunk_size
+        on_cpu = features[0].device.type == "cpu"
+        if self.training or not chunk or not on_cpu or sum(len(b) for b in boxes) <= chunk:
+            return self._crop_head(features, boxes, input_size)
+        out = []
+        for i, image_boxes in enumerate(boxes):
+            image_features = [f[i:i + 1] for f in features]
+            for j in range(0, len(image_boxes), chunk):
+                out.append(self._crop_head(image_features, [image_boxes[j:j + chunk]], input_size))
+        return torch.cat(out)
+
+    def _crop_head(self, features, boxes, input_size):
         crops = self.pooler(features, boxes, input_size) if self.tf_crop else self.pooler(features, boxes)
         return self.res5(crops)
+
+    def _shared_roi_transform(self, features: list[torch.Tensor], boxes: list[Boxes]) -> torch.Tensor:
+        """Res5ROIHeads' crop + per-ROI block, through :meth:`box_features` (chunked at inference)."""
+        return self.box_features(features, boxes, None)
 
     def forward(self, images, features, proposals, targets=None):
         """Res5ROIHeads.forward, with the input tensor's size passed to the TF crop / post-processing."""

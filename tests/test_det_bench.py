@@ -61,21 +61,50 @@ def test_roi_head_memory_is_linear_in_rois(bench):
 
 def test_tool_prints_projection_and_ratio(bench, tmp_path, capsys):
     out = tmp_path / "rows.json"
-    assert bench.main(["--configs", MOBILE_600, "--iters", "1", "--json", str(out), "--opts", *SMALL]) == 0
+    assert bench.main(["--configs", MOBILE_600, "--iters", "1", "--infer-iters", "1", "--json", str(out),
+                       "--opts", *SMALL]) == 0
     text = capsys.readouterr().out
     rows = json.loads(out.read_text())
-    names = ["faster_rcnn_nasnet_a_mobile_600", "faster_rcnn_nasnet_a_mobile_600+ckpt",
+    mobile = "faster_rcnn_nasnet_a_mobile_600"
+    names = [mobile, mobile + "+ckpt", mobile + "+bf16", mobile + "+bf16+ckpt",
              "faster_rcnn_R_50_C4_minival8k@96"]
     assert [r["config"] for r in rows] == names
-    plain, ck = rows[0], rows[1]
-    assert ck["checkpointing"] and not plain["checkpointing"] and ck["train_ratio"] > 0
+    plain, ck, bf16, bf16_ck = rows[:4]
+    assert ck["checkpointing"] and bf16["amp"] and bf16_ck["checkpointing"] and bf16_ck["amp"]
+    assert not plain["checkpointing"] and not plain["amp"]
     # checkpointed: only the cells' inputs are saved, plus one cell recomputed during backward
     assert plain["cell_gib"] < ck["act_gib"] < plain["act_gib"]
+    assert bf16_ck["recompute_gib"] == pytest.approx(bf16["cell_gib"])  # its own precision's cell
+    # bf16 autocast saves half-size activations (a few fp32 tensors remain: losses, RPN, box coder)
+    assert 0.4 * plain["act_gib"] < bf16["act_gib"] < 0.75 * plain["act_gib"]
+    assert bf16_ck["act_gib"] < bf16["act_gib"]
     for r in rows:
-        assert r["rois"] == 64 and r["imgs_per_gpu"] == 2
+        assert r["rois"] == 64 and r["imgs_per_gpu"] == 2 and r["train_size"] == 96
         assert r["gpu_gib"] == pytest.approx(2 * r["act_gib"] + r["state_gib"])
-        assert r["train_s"] > 0 and r["infer_kind"] == "measured"
+        assert r["train_s"] > 0
+    assert all(r["train_ratio"] == pytest.approx(r["train_s"] / plain["train_s"]) for r in rows[1:4])
+    assert plain["infer_kind"] == rows[4]["infer_kind"] == "measured"
+    assert plain["infer_s"] > 0 and plain["infer_plain_s"] > 0 and "infer_plain_s" not in rows[4]
     assert "| faster_rcnn_nasnet_a_mobile_600 | 96 | 64 | 2 |" in text
-    assert "| faster_rcnn_nasnet_a_mobile_600+ckpt | 96 | 64 | 2 |" in text
+    assert "| faster_rcnn_nasnet_a_mobile_600+bf16+ckpt | 96 | 64 | 2 |" in text
     assert "inference, NASNet-A mobile 600 / R50-C4 600:" not in text  # R50 ran at 96, not 600
+    assert "load average (1/5/15 min) at the start" in text
     assert bench.main(["--configs", str(tmp_path / "none.yaml")]) == 2
+
+
+def test_steps_over_the_memory_limit_are_timed_at_the_ratio_size(bench):
+    """A config whose plain row is over --max-train-gib times every row's step on one copy at --ratio-size."""
+    batch = bench.synthetic_batch(1, 96, 80)
+    opts = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *SMALL]
+    model = bench.calibrated_model(MOBILE_600, opts, batch)
+    args = bench.parse_args(["--max-train-gib", "1", "--ratio-size", "64"])
+    timed = {}
+    assert bench.timed_model(MOBILE_600, opts, model, batch, [{"act_gib": 2.0}], args, timed)
+    small, small_batch, size = timed["m"]
+    assert size == 64 and small is not model and small_batch[0]["image"].shape == (3, 64, 64)
+    assert bench.timed_model(MOBILE_600, opts, model, batch, [{"act_gib": 0.5}], args, timed)
+    assert timed["m"][0] is small  # decided once per config
+    assert bench.timed_model(MOBILE_600, opts, model, batch, [{"act_gib": 0.5}], args, {}) is True
+    none = {}
+    args.ratio_size = 0
+    assert not bench.timed_model(MOBILE_600, opts, model, batch, [{"act_gib": 2.0}], args, none)
