@@ -188,7 +188,8 @@ def test_max_pool_pads_with_minus_infinity():
     assert out[0, 0, 1, 1].item() == x[0, 0, 2:, 2:].max().item()  # negative, not the 0 pad
 
 
-@pytest.mark.parametrize("k,s,size", [(3, 1, 9), (5, 1, 8), (7, 1, 9), (7, 2, 9), (7, 2, 8), (5, 2, 8), (3, 2, 8)])
+@pytest.mark.parametrize("k,s,size",
+                         [(3, 1, 9), (5, 1, 8), (7, 1, 9), (7, 2, 9), (7, 2, 8), (5, 2, 8), (3, 2, 8)])
 def test_max_pool_channels_last_route_is_bit_identical(k, s, size):
     """Without autograd, SamePool2d max pools in channels-last layout on CPU: values equal the plain NCHW
     max pool with TF SAME padding (ties included) and the output keeps the input's layout; under autograd

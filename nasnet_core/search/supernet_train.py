@@ -32,7 +32,8 @@ from .space import make_space
 from .supernet import Supernet, path_modules
 
 __all__ = ["CHECKPOINT", "KIND", "SupernetTrainer", "train_supernet", "supernet_spec", "build_supernet",
-           "load_supernet", "copy_weights", "read_supernet_checkpoint", "check_reward_checkpoint", "sample_decisions"]
+           "load_supernet", "copy_weights", "read_supernet_checkpoint", "check_reward_checkpoint",
+           "sample_decisions"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "supernet.pth"
