@@ -11,7 +11,7 @@ from .layers import drop_path
 from .ops import OPS, FactorizedReduction, Identity, OpContext, ReLUConvBN, make_combine_norm
 
 __all__ = ["Cell", "MultiInputCell", "InputAdapter", "PREV_MODES", "cell_out_channels", "output_reductions",
-           "state_channels"]
+           "state_channels", "run_blocks"]
 
 PREV_MODES = ("none", "same", "reduce")
 """How the previous-previous input relates to the current one: absent (the cell
@@ -84,31 +84,38 @@ class _Blocks(nn.Module):
     def _run_blocks(self, states: list[torch.Tensor], acts: list) -> None:
         """Append every block's output to ``states`` (``acts``: their ReLUs, shared by readers)."""
         keep = self.drop_path_keep if self.training else 1.0
-        inplace = not torch.is_grad_enabled()
-        for (op_a, op_b, norm), block in zip(self._ops, self.genotype.blocks):
-            outs = []
-            for op, idx in ((op_a, block.input_a), (op_b, block.input_b)):
-                x = states[idx]
-                if op.pre_act:
-                    if acts[idx] is None:
-                        acts[idx] = F.relu(x)
-                    x = acts[idx]
-                h = op.forward_act(x)
-                plain = isinstance(op, Identity) and op.is_plain
-                if keep < 1.0 and not isinstance(op, Identity):
-                    h = drop_path(h, keep)  # TF-slim: every op but 'none' (identity)
-                outs.append((h, plain))
-            (ha, plain_a), (hb, _) = outs
-            if block.combine == "concat":
-                h = torch.cat([ha, hb], 1)
-            elif inplace and not plain_a:
-                h = ha.add_(hb)
-            else:
-                h = ha + hb
-            if norm is not None:
-                h = norm(h)
-            states.append(h)
-            acts.append(None)
+        run_blocks(self._ops, self.genotype.blocks, states, acts, keep)
+
+
+def run_blocks(ops: list, blocks, states: list[torch.Tensor], acts: list, keep: float = 1.0) -> None:
+    """A cell's block computation: for each (op_a, op_b, norm) triple and its block, apply the ops to
+    the states they read (ReLU computed once per state, kept in ``acts``), drop path at ``keep`` < 1,
+    combine, normalise, and append the result to ``states``. Shared by cells and supernet paths."""
+    inplace = not torch.is_grad_enabled()
+    for (op_a, op_b, norm), block in zip(ops, blocks):
+        outs = []
+        for op, idx in ((op_a, block.input_a), (op_b, block.input_b)):
+            x = states[idx]
+            if op.pre_act:
+                if acts[idx] is None:
+                    acts[idx] = F.relu(x)
+                x = acts[idx]
+            h = op.forward_act(x)
+            plain = isinstance(op, Identity) and op.is_plain
+            if keep < 1.0 and not isinstance(op, Identity):
+                h = drop_path(h, keep)  # TF-slim: every op but 'none' (identity)
+            outs.append((h, plain))
+        (ha, plain_a), (hb, _) = outs
+        if block.combine == "concat":
+            h = torch.cat([ha, hb], 1)
+        elif inplace and not plain_a:
+            h = ha.add_(hb)
+        else:
+            h = ha + hb
+        if norm is not None:
+            h = norm(h)
+        states.append(h)
+        acts.append(None)
 
 
 class Cell(_Blocks):

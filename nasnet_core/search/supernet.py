@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.cell import output_reductions, state_channels
+from ..model.cell import output_reductions, run_blocks, state_channels
 from ..model.genotype import CellGenotype, Genotype
 from ..model.network import stem_conv
-from ..model.ops import OPS, FactorizedReduction, Identity, OpContext, make_combine_norm
+from ..model.ops import OPS, FactorizedReduction, OpContext, make_combine_norm
 from ..model.plan import make_plan
 from ..model.registry import create_model, get_config
 from .space import NASNetSpace, SpaceError
@@ -183,25 +183,7 @@ class SuperCell(nn.Module):
         elif r.prev_conv:
             s1 = self.conv_prev_1x1(F.relu(prev), r.prev_keys)
         states, acts = [s0, s1], [None, s1_act]
-        inplace = not torch.is_grad_enabled()
-        for (op_a, op_b, norm), blk in zip(r.ops, r.cell.blocks):
-            outs = []
-            for op, idx in ((op_a, blk.input_a), (op_b, blk.input_b)):
-                x = states[idx]
-                if op.pre_act:
-                    if acts[idx] is None:
-                        acts[idx] = F.relu(x)
-                    x = acts[idx]
-                outs.append(op.forward_act(x))
-            ha, hb = outs
-            if blk.combine == "concat":
-                h = torch.cat([ha, hb], 1)
-            elif inplace and not (isinstance(op_a, Identity) and op_a.is_plain):
-                h = ha.add_(hb)
-            else:
-                h = ha + hb
-            states.append(h if norm is None else norm(h))
-            acts.append(None)
+        run_blocks(r.ops, r.cell.blocks, states, acts)
         return torch.cat([r.reducers[s](states[s]) if s in r.reducers else states[s]
                           for s in r.cell.output_states()], 1)
 
