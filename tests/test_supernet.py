@@ -3,6 +3,7 @@ BN recalibration is deterministic, SIGKILL + resume is bit-identical, and a supe
 end to end through tools/search.py (report, export, retrain)."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -23,9 +24,10 @@ from nasnet_core.model.genotype import Block, CellGenotype, Genotype
 from nasnet_core.search.space import SpaceError, make_space
 from nasnet_core.search.supernet import Supernet, extract_child
 from nasnet_core.search.supernet_reward import SupernetReward, path_accuracy, recalibrate_bn
-from nasnet_core.search.supernet_train import KIND, check_reward_checkpoint, load_supernet
+from nasnet_core.search.supernet_train import KIND, chance_warning, check_reward_checkpoint, load_supernet
 
 search_tool = load_tool("search")
+probe_tool = load_tool("supernet_probe")
 
 
 @pytest.fixture(autouse=True)
@@ -210,7 +212,7 @@ def _cli(*args) -> subprocess.Popen:
 
 def _state(path: Path) -> dict:
     ck = torch.load(path, weights_only=True)
-    return {k: ck[k] for k in ("model", "optimizer", "step", "path_rng", "torch_rng", "spec")}
+    return {k: ck[k] for k in ("model", "optimizer", "step", "path_rng", "torch_rng", "spec", "loss_ema")}
 
 
 def _equal(a, b) -> bool:
@@ -257,8 +259,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, capsys):
 def test_supernet_reward_search_end_to_end_with_report_and_retrain(tmp_path, capsys):
     cfg = _config(tmp_path, steps=12)
     assert search_tool.main(["--quiet", "supernet", "--config", str(cfg), "--out", str(tmp_path / "sn")]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     net, ck = load_supernet(tmp_path / "sn" / "supernet.pth")
     assert ck["kind"] == KIND and ck["step"] == 12 and net.sizes["in_chans"] == 1
+    assert trained["loss_ema"] == round(ck["loss_ema"], 4) and trained["chance_loss"] == round(math.log(4), 4)
+    assert trained["warning"] == chance_warning(trained["loss_ema"], 4)
     run = tmp_path / "run"
     assert search_tool.main(["--quiet", "run", "--config", str(cfg), "--run-dir", str(run)]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -281,6 +286,34 @@ def test_supernet_reward_search_end_to_end_with_report_and_retrain(tmp_path, cap
     assert search_tool.main(["retrain", str(run), "--top", "1", "--config", str(retrain_cfg)]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (res["done"], res["failed"]) == (1, 0) and 0 <= res["best_top1"] <= 100
+
+
+def test_probe_samplers_draw_the_paths_their_mode_names(tmp_path, capsys):
+    space = make_space("A")
+    gen = torch.Generator().manual_seed(0)
+    fixed = probe_tool.make_sampler("fixed", space, 5, 1)(space, gen)
+    assert all(probe_tool.make_sampler("fixed", space, 5, 1)(space, gen) == fixed for _ in range(3))
+    pool = probe_tool.make_sampler("pool", space, 5, 3)
+    drawn = [tuple(pool(space, gen)) for _ in range(6)]
+    assert drawn[:3] == drawn[3:] and len(set(drawn)) == 3 and list(drawn[0]) == fixed
+    for mode, kept in (("ops", (0, 1, 4)), ("inputs", (2, 3, 4)), ("combiners", (0, 1, 2, 3))):
+        sampler = probe_tool.make_sampler(mode, space, 5, 1)
+        paths = [sampler(space, gen) for _ in range(8)]
+        assert all(p[i] == fixed[i] for p in paths for i in range(len(p)) if i % 5 in kept), mode
+        assert len({tuple(p) for p in paths}) > 1, mode  # the sampled kind does vary
+    cfg = _config(tmp_path)
+    assert probe_tool.main(["--config", str(cfg), "--mode", "pool", "--pool", "2", "--steps", "10"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(out["loss_by_tenth"]) == 10 and out["chance"] == round(math.log(4), 4)
+    assert all(math.isfinite(v) and v > 0 for v in out["loss_by_tenth"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "search.yaml"]  # nothing written
+
+
+def test_chance_warning_names_the_smoothed_loss_and_chance():
+    assert chance_warning(None, 10) is None and chance_warning(1.2, 10) is None
+    assert chance_warning(0.94 * math.log(10), 10) is None
+    warning = chance_warning(2.25, 10)
+    assert "ends at 2.25" in warning and "(ln 10 = 2.30)" in warning and "random reward" in warning
 
 
 def test_supernet_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
@@ -312,7 +345,19 @@ def test_supernet_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
         (["run", "--config", cfg, "--run-dir", tmp_path / "run", "space.num_blocks", 3],
          "covers the space"),
     ]
-    before = torch.load(out / "supernet.pth", weights_only=True)["model"]
+    before = torch.load(out / "supernet.pth", weights_only=True)
+    for name, change, message in [("reshaped.pth", "shape", "has shape (3,), the supernet's is"),
+                                  ("short.pth", "drop", "does not fit this supernet: 1 tensors missing")]:
+        ck = dict(before, model=dict(before["model"]))
+        key = "classifier_bias"
+        if change == "shape":
+            ck["model"][key] = torch.zeros(3)
+        else:
+            del ck["model"][key]
+        torch.save(ck, tmp_path / name)
+        cases.append((["run", "--config", cfg, "--run-dir", tmp_path / "run", "reward.supernet.checkpoint",
+                       tmp_path / name], message))
+    before = before["model"]
     for argv, message in cases:
         assert search_tool.main([str(a) for a in argv]) == 2, argv
         err = capsys.readouterr().err

@@ -109,7 +109,7 @@ def _check_supernet_reward(cfg: dict) -> None:
                                     "(reward.supernet.checkpoint)")
         from .supernet_train import check_reward_checkpoint
 
-        check_reward_checkpoint(sn["checkpoint"], build_space(cfg["space"]).to_dict())
+        check_reward_checkpoint(sn["checkpoint"], build_space(cfg["space"]).to_dict(), fit=True)
         if sn["data_dir"] is not None and not Path(sn["data_dir"]).is_dir():
             raise FileNotFoundError(f"dataset folder not found: {sn['data_dir']} (reward.supernet.data_dir)")
 

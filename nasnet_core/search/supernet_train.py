@@ -9,12 +9,16 @@ everything to rebuild and continue the supernet: space, sizes, data and recipe, 
 step, the path generator's and torch's RNG states; the data order and augmentation are functions of
 (seed, epoch, index), and the epoch and batch follow from the step. A run SIGKILLed and resumed ends with
 the same weights, bit for bit, as one never interrupted.
+
+The path loss is smoothed (``loss_ema``, TensorBoard ``supernet/loss_ema``); a supernet that ends at or
+above chance (ln C) is reported with a warning (``chance_warning``), since its reward cannot rank.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -33,7 +37,7 @@ from .supernet import Supernet, path_modules
 
 __all__ = ["CHECKPOINT", "KIND", "SupernetTrainer", "train_supernet", "supernet_spec", "build_supernet",
            "load_supernet", "copy_weights", "read_supernet_checkpoint", "check_reward_checkpoint",
-           "sample_decisions"]
+           "sample_decisions", "chance_warning", "check_fit"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "supernet.pth"
@@ -41,6 +45,8 @@ KIND = "nasnet_supernet"
 _OURS = {CHECKPOINT, "config.yaml", "tb", "supernet.lock"}  # what a supernet run folder holds
 _DATA_KEYS = ("dataset", "data_dir", "val_size", "split_seed", "train_subset", "val_subset")
 _SIZE_KEYS = ("N", "num_conv_filters", "stem_multiplier")
+CHANCE_FRACTION = 0.95  # a smoothed loss above this fraction of ln C counts as "at chance"
+LOSS_EMA = 0.95  # smoothing of the per-step path loss (about the last 20 steps)
 _RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "grad_clip", "crop_pad", "flip")
 
 
@@ -81,8 +87,10 @@ def read_supernet_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     return ck
 
 
-def check_reward_checkpoint(path: str | Path, space_dict: dict, mmap: bool = True) -> dict:
-    """The checkpoint a supernet reward reads; ValueError unless it is finished and over ``space_dict``."""
+def check_reward_checkpoint(path: str | Path, space_dict: dict, mmap: bool = True, fit: bool = False) -> dict:
+    """The checkpoint a supernet reward reads; ValueError unless it is finished and over ``space_dict``
+    (and with ``fit``, unless its tensors fit the supernet its spec builds: a search checks this before it
+    writes anything, ~2 s)."""
     ck = read_supernet_checkpoint(path, mmap)
     spec = ck["spec"]
     if ck["step"] < spec["steps"]:
@@ -91,6 +99,9 @@ def check_reward_checkpoint(path: str | Path, space_dict: dict, mmap: bool = Tru
     if space_dict != spec["space"]:
         raise ValueError(f"supernet checkpoint {path} covers the space {spec['space']}; this search's is "
                          f"{space_dict}")
+    if fit:
+        with torch.random.fork_rng(devices=[]):  # building seeds and draws from torch's RNG
+            check_fit(build_supernet(spec), ck["model"], path)
     return ck
 
 
@@ -103,19 +114,27 @@ def load_supernet(path: str | Path, ck: dict | None = None) -> tuple[Supernet, d
     return net, ck
 
 
-def copy_weights(net: Supernet, state: dict, path: str | Path) -> None:
-    """``load_state_dict(state, strict=True)`` in one pass over the supernet's tensors: its per-module
-    prefix scan is quadratic in the ~10^4 modules (seconds per load)."""
+def check_fit(net: Supernet, state: dict, path: str | Path) -> dict:
+    """The supernet's tensors by name; one ValueError naming the misfit unless ``state`` has exactly their
+    names and shapes."""
     own = net.state_dict(keep_vars=True)
     if own.keys() != state.keys():
         missing, extra = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         raise ValueError(f"{path} does not fit this supernet: {len(missing)} tensors missing "
                          f"({', '.join(missing[:3])}), {len(extra)} unexpected ({', '.join(extra[:3])})")
+    for name, t in own.items():
+        if t.shape != state[name].shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}, the supernet's is "
+                             f"{tuple(t.shape)}")
+    return own
+
+
+def copy_weights(net: Supernet, state: dict, path: str | Path) -> None:
+    """``load_state_dict(state, strict=True)`` in one pass over the supernet's tensors (its per-module
+    prefix scan is quadratic in the ~10^4 modules); nothing is copied unless every tensor fits."""
+    own = check_fit(net, state, path)
     with torch.no_grad():
         for name, t in own.items():
-            if t.shape != state[name].shape:
-                raise ValueError(f"{path}: {name} has shape {tuple(state[name].shape)}, the supernet's is "
-                                 f"{tuple(t.shape)}")
             t.copy_(state[name])
 
 
@@ -141,10 +160,22 @@ def _prepare_out(out: Path, resume: bool, force: bool) -> Path | None:
     return None
 
 
-def _checkpoint(net, opt, spec: dict, step: int, gen, seconds: float, loss) -> dict:
-    return {"kind": KIND, "version": 1, "spec": spec, "model": net.state_dict(),
-            "optimizer": opt.state_dict(), "step": step, "path_rng": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "train_seconds": seconds, "last_loss": loss}
+def _checkpoint(tr: SupernetTrainer, seconds: float) -> dict:
+    return {"kind": KIND, "version": 1, "spec": tr.spec, "model": tr.net.state_dict(),
+            "optimizer": tr.opt.state_dict(), "step": tr.step, "path_rng": tr.gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "train_seconds": seconds, "last_loss": tr.last_loss,
+            "loss_ema": None if tr.loss_ema is None else tr.loss_ema.item()}
+
+
+def chance_warning(loss_ema: float | None, num_classes: int) -> str | None:
+    """A warning when the supernet's smoothed path loss is at or above chance (ln C): uniformly sampled
+    paths did not learn, and its reward will rank children about as well as a random one."""
+    chance = math.log(num_classes)
+    if loss_ema is None or loss_ema < CHANCE_FRACTION * chance:
+        return None
+    return (f"the supernet's loss on uniformly sampled paths ends at {loss_ema:.2f}, at or above chance "
+            f"(ln {num_classes} = {chance:.2f}): its paths did not learn, so the supernet reward will rank "
+            "children about as a random reward would (docs/search.md, 'A real weight-sharing search')")
 
 
 def train_supernet(cfg: dict, out: str | Path, resume: bool = False, force: bool = False,
@@ -189,12 +220,15 @@ class SupernetTrainer:
                   "epochs": spec["steps"], "warmup_epochs": 0.0}
         self.opt, self.schedule = build_optimizer(net, solver), LRSchedule(solver, 1)  # 1 "epoch" = 1 step
         self.gen = torch.Generator().manual_seed(seed)
-        self.step, self.seconds, self.last_loss = 0, 0.0, None
+        self.sample = sample_decisions  # (space, generator) -> decisions; tools/supernet_probe.py swaps it
+        self.step, self.seconds, self.last_loss, self.loss_ema = 0, 0.0, None, None
         if ck is not None:
             self.opt.load_state_dict(ck["optimizer"])
             self.gen.set_state(ck["path_rng"])
             torch.set_rng_state(ck["torch_rng"])
             self.step, self.seconds, self.last_loss = ck["step"], ck["train_seconds"], ck["last_loss"]
+            if ck.get("loss_ema") is not None:
+                self.loss_ema = torch.tensor(ck["loss_ema"], dtype=torch.float32, device=dev)
         self.heads = [net.classifier_bias, *net.classifier.parameters()]
         self.group_of = {id(p): i for i, g in enumerate(self.opt.param_groups) for p in g["params"]}
 
@@ -209,12 +243,14 @@ class SupernetTrainer:
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, float]:
         """One SGD step on a uniformly sampled path; (loss, lr)."""
-        d = sample_decisions(self.net.space, self.gen)
+        d = self.sample(self.net.space, self.gen)
         lr = self.schedule.apply(self.opt, self.step)
         loss = F.cross_entropy(self.net(xb.to(self.dev, non_blocking=True), d),
                                yb.to(self.dev, non_blocking=True))
         params = [p for m in path_modules(self.net, d) for p in m.parameters()] + self.heads
         loss.backward()
+        lo = loss.detach().float()  # stays on the device: no sync per step
+        self.loss_ema = lo if self.loss_ema is None else LOSS_EMA * self.loss_ema + (1 - LOSS_EMA) * lo
         if self.recipe["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(params, self.recipe["grad_clip"])
         self._path_step([p for p in params if p.grad is not None])
@@ -262,16 +298,22 @@ class SupernetTrainer:
                     if writer is not None:
                         writer.add_scalar("supernet/loss", self.last_loss, self.step)
                         writer.add_scalar("supernet/lr", lr, self.step)
+                        writer.add_scalar("supernet/loss_ema", self.loss_ema.item(), self.step)
                 if save:
-                    state = _checkpoint(self.net, self.opt, self.spec, self.step, self.gen,
-                                        time.perf_counter() - started, self.last_loss)
+                    state = _checkpoint(self, time.perf_counter() - started)
                     atomic_torch_save(state, out / CHECKPOINT)
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
+        ema = None if self.loss_ema is None else round(self.loss_ema.item(), 4)
+        warning = chance_warning(ema, self.spec["sizes"]["num_classes"])
+        if warning:
+            log.warning(warning)
         return {"out": str(out), "checkpoint": str(out / CHECKPOINT), "steps": self.step,
-                "train_seconds": round(time.perf_counter() - started, 1), "last_loss": self.last_loss}
+                "train_seconds": round(time.perf_counter() - started, 1), "last_loss": self.last_loss,
+                "loss_ema": ema, "chance_loss": round(math.log(self.spec["sizes"]["num_classes"]), 4),
+                "warning": warning}
 
 
 def _tensorboard(out: Path):
