@@ -17,6 +17,7 @@ Modes: ``uniform`` (what ``tools/search.py supernet`` trains), ``fixed`` (one ra
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -25,9 +26,12 @@ import torch
 
 from nasnet_core.common.cli import positive_int, tool_main
 from nasnet_core.common.config import SEARCH, load_config
-from nasnet_core.search.child import load_child_data
-from nasnet_core.search.supernet_train import SupernetTrainer, build_supernet, sample_decisions, supernet_spec
-from nasnet_core.train.checks import resolve_device
+from nasnet_core.search.supernet_train import (
+    SupernetTrainer,
+    build_supernet,
+    sample_decisions,
+    supernet_setup,
+)
 
 KINDS = {"inputs": (0, 1), "ops": (2, 3), "combiners": (4,)}  # positions within a block's 5 decisions
 MODES = ("uniform", "fixed", "pool", *KINDS)
@@ -42,8 +46,8 @@ def make_sampler(mode: str, space, path_seed: int, pool: int):
         return lambda sp, gen: list(fixed)
     if mode == "pool":
         paths = [sample_decisions(space, torch.Generator().manual_seed(path_seed + i)) for i in range(pool)]
-        count = iter(range(10**12))
-        return lambda sp, gen: list(paths[next(count) % pool])
+        turn = itertools.count()
+        return lambda sp, gen: list(paths[next(turn) % pool])
     keep = KINDS[mode]
 
     def some(sp, gen):
@@ -64,13 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", metavar="KEY VALUE", help="config overrides in pairs")
     args = p.parse_args(argv)
     cfg = load_config(args.config, ["supernet.steps", args.steps, *args.overrides], schema=SEARCH)
-    child = cfg["reward"]["child"]
-    if child["num_threads"]:
-        torch.set_num_threads(child["num_threads"])
-    dev = resolve_device(child["device"], key="reward.child.device")
-    data = load_child_data(child["dataset"], child["data_dir"], child["val_size"], child["split_seed"],
-                           child["train_subset"], child["val_subset"])
-    spec = supernet_spec(cfg, data.num_classes, data.train_x.shape[-1])
+    dev, data, spec = supernet_setup(cfg)
     net = build_supernet(spec).to(dev)
     trainer = SupernetTrainer(net, data, spec, None, dev)
     trainer.sample = make_sampler(args.mode, net.space, args.path_seed, args.pool)

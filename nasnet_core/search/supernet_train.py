@@ -37,7 +37,7 @@ from .supernet import Supernet, path_modules
 
 __all__ = ["CHECKPOINT", "KIND", "SupernetTrainer", "train_supernet", "supernet_spec", "build_supernet",
            "load_supernet", "copy_weights", "read_supernet_checkpoint", "check_reward_checkpoint",
-           "sample_decisions", "chance_warning", "check_fit"]
+           "sample_decisions", "chance_warning", "check_fit", "supernet_setup"]
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "supernet.pth"
@@ -178,17 +178,22 @@ def chance_warning(loss_ema: float | None, num_classes: int) -> str | None:
             "children about as a random reward would (docs/search.md, 'A real weight-sharing search')")
 
 
+def supernet_setup(cfg: dict) -> tuple[torch.device, object, dict]:
+    """(device, child data, spec) of a search config's supernet; sets its torch thread count."""
+    child = cfg["reward"]["child"]
+    if child["num_threads"]:
+        torch.set_num_threads(child["num_threads"])
+    dev = resolve_device(child["device"], key="reward.child.device")
+    data = load_child_data(*(child[k] for k in _DATA_KEYS))
+    return dev, data, supernet_spec(cfg, data.num_classes, data.train_x.shape[-1])
+
+
 def train_supernet(cfg: dict, out: str | Path, resume: bool = False, force: bool = False,
                    progress: bool = True) -> dict:
     """Train (or with ``resume`` continue) the supernet a search config describes into ``out``."""
     out = Path(out)
     start_ck = _prepare_out(out, resume, force)
-    child, sn = cfg["reward"]["child"], cfg["supernet"]
-    if child["num_threads"]:
-        torch.set_num_threads(child["num_threads"])
-    dev = resolve_device(child["device"], key="reward.child.device")
-    data = load_child_data(*(child[k] for k in _DATA_KEYS))
-    spec = supernet_spec(cfg, data.num_classes, data.train_x.shape[-1])
+    dev, data, spec = supernet_setup(cfg)
     net, ck = (build_supernet(spec), None) if start_ck is None else load_supernet(start_ck)
     if ck is not None and (diff := _changes(ck["spec"], spec)):
         raise ValueError(f"{start_ck} was trained with another config ({diff}); resume it with the same "
@@ -198,7 +203,7 @@ def train_supernet(cfg: dict, out: str | Path, resume: bool = False, force: bool
     try:
         remove_stale_temps(out)
         write_config(cfg, out / "config.yaml", SEARCH)
-        return SupernetTrainer(net.to(dev), data, spec, ck, dev).run(out, sn, progress)
+        return SupernetTrainer(net.to(dev), data, spec, ck, dev).run(out, cfg["supernet"], progress)
     finally:
         lock.close()
 
@@ -242,7 +247,7 @@ class SupernetTrainer:
             yield from itertools.islice(self.loader, skip, None)
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """One SGD step on a uniformly sampled path; (loss, lr)."""
+        """One SGD step on a path from ``self.sample`` (uniform unless swapped); (loss, lr)."""
         d = self.sample(self.net.space, self.gen)
         lr = self.schedule.apply(self.opt, self.step)
         loss = F.cross_entropy(self.net(xb.to(self.dev, non_blocking=True), d),
